@@ -145,3 +145,30 @@ def wait_for_port(port: int, timeout: float = 60.0, host: str = "127.0.0.1") -> 
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+# ----------------------------------------------------------------- tiny models
+TINY_CONFIG = {
+    "model": {"user_embedding_dim": 32, "item_embedding_dim": 32, "hidden_units": [64, 32], "dropout_rate": 0.1,
+              "l2_regularization": 0.0001},
+    "training": {"batch_size": 128, "epochs": 3, "patience": 2, "seed": 7},
+    "features": {"text_dim": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_synth():
+    """A small synthetic dataset (300 users, 200 items, 6,000 swipes), fixed seed."""
+    from ml.data.synthetic import generate_synthetic
+
+    return generate_synthetic(n_users=300, n_items=200, n_interactions=6000, seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_synth, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle trained once per session on `tiny_synth` with TINY_CONFIG (no MLflow)."""
+    from ml.training import create_standard_trainer
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    create_standard_trainer(model_dir=out, config=TINY_CONFIG).train(dataset=tiny_synth.dataset)
+    return out

@@ -1,0 +1,1 @@
+"""Data layer: schema, validation, loaders and the synthetic generator."""

@@ -1,0 +1,333 @@
+"""Load the three input tables from a folder (CSV/Parquet) or PostgreSQL, and write folders.
+
+Every loader only reads raw frames and hands them to `validate_dataset`, so a CSV
+export, a Parquet dump and a Supabase/PostgreSQL database all end up as the same
+normalised `Dataset` and are checked by the same rules with the same error report.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.data.schema import TAG_SEPARATOR, Dataset
+from ml.data.validation import DataValidationError, Problem, validate_dataset
+from ml.logs import get_logger
+
+log = get_logger("training")
+
+TABLE_NAMES: tuple[str, ...] = ("users", "items", "interactions")
+# Order matters when several files exist for one table: the first match wins.
+FILE_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".csv.gz")
+ID_COLUMNS: tuple[str, ...] = ("user_id", "item_id")
+
+
+class DatabaseConnectionError(ConnectionError):
+    """PostgreSQL could not be reached; the message never contains the password."""
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def find_table_file(folder: str | Path, table: str) -> Path | None:
+    """Return the first existing `<table>.parquet|.csv|.csv.gz` in `folder`."""
+    folder = Path(folder)
+    found = [folder / f"{table}{suffix}" for suffix in FILE_SUFFIXES if (folder / f"{table}{suffix}").is_file()]
+    if len(found) > 1:
+        log.warning("several files for table %s in %s; using %s", table, folder, found[0].name)
+    return found[0] if found else None
+
+
+def read_table_file(path: str | Path) -> pd.DataFrame:
+    """Read one CSV/Parquet file with id columns kept as strings (so '007' stays '007')."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return pd.read_parquet(path)
+    return pd.read_csv(
+        path,
+        dtype={c: str for c in ID_COLUMNS},
+        float_precision="round_trip",
+        low_memory=False,
+    )
+
+
+def load_folder(path: str | Path) -> Dataset:
+    """Load users/items/interactions from a folder of CSV or Parquet files and validate them."""
+    folder = Path(path)
+    expected = ", ".join(f"<table>{s}" for s in FILE_SUFFIXES)
+    if not folder.is_dir():
+        raise DataValidationError(
+            [
+                Problem(
+                    table="dataset",
+                    source=str(folder),
+                    column=None,
+                    message=f"data folder {folder} does not exist or is not a folder",
+                    fix=f"point to a folder holding users, items and interactions files ({expected})",
+                )
+            ]
+        )
+    problems: list[Problem] = []
+    frames: dict[str, pd.DataFrame] = {}
+    sources: dict[str, str] = {}
+    for table in TABLE_NAMES:
+        file = find_table_file(folder, table)
+        if file is None:
+            names = " or ".join(f"{table}{s}" for s in FILE_SUFFIXES)
+            problems.append(
+                Problem(
+                    table=table,
+                    source=str(folder),
+                    column=None,
+                    message=f"no {table} file in {folder} (expected {names})",
+                    fix=f"export the {table} table as {table}.csv or {table}.parquet into {folder}",
+                )
+            )
+            continue
+        sources[table] = str(file)
+        try:
+            frames[table] = read_table_file(file)
+        except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
+            problems.append(
+                Problem(
+                    table=table,
+                    source=str(file),
+                    column=None,
+                    message=f"could not read the file: {type(exc).__name__}: {exc}",
+                    fix="check the file is valid CSV (comma-separated, header row) or Parquet",
+                )
+            )
+    if problems:
+        err = DataValidationError(problems)
+        log.error("cannot load %s: %s", folder, err)
+        raise err
+    log.info(
+        "loaded %s: %s",
+        folder,
+        {t: len(f) for t, f in frames.items()},
+    )
+    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources)
+
+
+def _iso(series: pd.Series) -> pd.Series:
+    """ISO 8601 strings for a datetime column ('' for NaT), second precision when exact."""
+    s = series
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    values = s.to_numpy(dtype="datetime64[ns]")
+    nat = np.isnat(values)
+    ints = values[~nat].astype("int64")
+    unit = "s" if np.all(ints % 1_000_000_000 == 0) else ("us" if np.all(ints % 1000 == 0) else "ns")
+    text = np.datetime_as_string(values, unit=unit).astype(object)
+    text[nat] = ""
+    return pd.Series(text, index=series.index, dtype=object)
+
+
+def _join_tags(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return TAG_SEPARATOR.join(str(v) for v in value)
+    if isinstance(value, float) and np.isnan(value):
+        return ""
+    return str(value)
+
+
+def _drop_derived_label(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Drop `label` when `decision` or `rating` already says the same (it is recomputed on load)."""
+    from ml.data.schema import LIKE_THRESHOLD, LIKE_VALUES
+
+    if "label" not in interactions.columns:
+        return interactions
+    label = interactions["label"].to_numpy()
+    if "decision" in interactions.columns:
+        from_decision = interactions["decision"].astype(str).str.strip().str.lower().isin(LIKE_VALUES).to_numpy()
+        if np.array_equal(from_decision.astype(np.int8), label.astype(np.int8)):
+            return interactions.drop(columns=["label"])
+    if "rating" in interactions.columns:
+        rating = pd.to_numeric(interactions["rating"], errors="coerce").to_numpy()
+        if not np.isnan(rating).any() and np.array_equal((rating >= LIKE_THRESHOLD).astype(np.int8), label.astype(np.int8)):
+            return interactions.drop(columns=["label"])
+    return interactions
+
+
+def _for_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[col].dtype):
+            out[col] = _iso(out[col])
+        elif out[col].dtype == object and out[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            out[col] = out[col].map(_join_tags)
+    return out
+
+
+def write_folder(dataset: Dataset, path: str | Path, fmt: str = "csv") -> dict[str, Path]:
+    """Write the dataset as `<table>.csv` (or .csv.gz/.parquet) so `load_folder` reads it back equal."""
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in {"csv", "csv.gz", "parquet"}:
+        raise ValueError(f"unknown format {fmt!r}: use 'csv', 'csv.gz' or 'parquet'")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "users": dataset.users,
+        "items": dataset.items,
+        "interactions": _drop_derived_label(dataset.interactions),
+    }
+    written: dict[str, Path] = {}
+    for table, frame in tables.items():
+        # Remove other formats of the same table so load_folder cannot pick a stale file.
+        for suffix in FILE_SUFFIXES:
+            stale = folder / f"{table}{suffix}"
+            if suffix != f".{fmt}" and stale.exists():
+                stale.unlink()
+        target = folder / f"{table}.{fmt}"
+        if fmt == "parquet":
+            frame.reset_index(drop=True).to_parquet(target, index=False)
+        else:
+            _for_csv(frame).to_csv(target, index=False)
+        written[table] = target
+    log.info("wrote dataset %s to %s (%s)", dataset.row_counts(), folder, fmt)
+    return written
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+_PASSWORD_PATTERNS = (
+    re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE),
+    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE),
+)
+
+
+def mask_dsn(text: str, password: str | None = None) -> str:
+    """Replace any password in a DSN (URL or key=value form) or message with '***'."""
+    masked = text
+    for pattern in _PASSWORD_PATTERNS:
+        masked = pattern.sub(lambda m: m.group(1) + "***" + (m.group(3) if m.lastindex and m.lastindex >= 3 else ""), masked)
+    if password:
+        masked = masked.replace(password, "***")
+    return masked
+
+
+def _dsn_parts(dsn: str) -> dict[str, str]:
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        return dict(parse_dsn(dsn))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"not a valid PostgreSQL DSN: {mask_dsn(dsn)} ({mask_dsn(str(exc))})") from None
+
+
+def _connect(dsn: str, connect_timeout: int) -> Any:
+    import psycopg2
+
+    parts = _dsn_parts(dsn)
+    password = parts.get("password")
+    where = (
+        f"host={parts.get('host', 'localhost')} port={parts.get('port', '5432')} "
+        f"dbname={parts.get('dbname', parts.get('user', '?'))} user={parts.get('user', '?')}"
+    )
+    try:
+        return psycopg2.connect(dsn, connect_timeout=connect_timeout)
+    except psycopg2.Error as exc:
+        reason = mask_dsn(str(exc).strip(), password)
+        raise DatabaseConnectionError(f"could not connect to PostgreSQL ({where}): {reason}") from None
+
+
+def _table_identifier(name: str) -> Any:
+    from psycopg2 import sql
+
+    parts = [p for p in name.split(".")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"table name must be 'table' or 'schema.table', got {name!r}")
+    return sql.Identifier(*parts)
+
+
+def _fetch(conn: Any, query: Any) -> pd.DataFrame:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        if cur.description is None:
+            raise ValueError("the query returned no result set (is it a SELECT?)")
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def load_postgres(
+    dsn: str,
+    tables: dict[str, str] | None = None,
+    queries: dict[str, str] | None = None,
+    connect_timeout: int = 10,
+) -> Dataset:
+    """Read users/items/interactions from PostgreSQL (tables or custom SELECTs) and validate them."""
+    from psycopg2 import sql
+
+    tables = {**{t: t for t in TABLE_NAMES}, **(tables or {})}
+    queries = dict(queries or {})
+    unknown = set(tables) - set(TABLE_NAMES) | set(queries) - set(TABLE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown table keys {sorted(unknown)}; use {list(TABLE_NAMES)}")
+    conn = _connect(dsn, connect_timeout)
+    frames: dict[str, pd.DataFrame] = {}
+    sources: dict[str, str] = {}
+    try:
+        import psycopg2
+
+        for table in TABLE_NAMES:
+            if table in queries:
+                query: Any = queries[table]
+                sources[table] = "postgres:" + " ".join(str(query).split())
+            else:
+                query = sql.SQL("SELECT * FROM {}").format(_table_identifier(tables[table]))
+                sources[table] = f"postgres:{tables[table]}"
+            try:
+                frames[table] = _fetch(conn, query)
+            except psycopg2.Error as exc:
+                conn.rollback()
+                raise DataValidationError(
+                    [
+                        Problem(
+                            table=table,
+                            source=sources[table],
+                            column=None,
+                            message=f"query failed: {str(exc).strip()}",
+                            fix=f"create the {table} table or pass tables={{'{table}': 'schema.name'}} / queries=...",
+                        )
+                    ]
+                ) from None
+        conn.rollback()
+    finally:
+        conn.close()
+    log.info("loaded from PostgreSQL: %s", {t: len(f) for t, f in frames.items()})
+    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def is_postgres_dsn(source: str) -> bool:
+    return str(source).lower().startswith(("postgresql://", "postgres://"))
+
+
+def load_dataset(source: str | Path, **kwargs: Any) -> Dataset:
+    """Load from a `postgresql://` DSN or a folder path, whichever `source` is."""
+    if isinstance(source, str) and is_postgres_dsn(source):
+        return load_postgres(source, **kwargs)
+    return load_folder(source, **kwargs)
+
+
+__all__ = [
+    "DatabaseConnectionError",
+    "find_table_file",
+    "load_dataset",
+    "load_folder",
+    "load_postgres",
+    "mask_dsn",
+    "read_table_file",
+    "write_folder",
+]
