@@ -156,6 +156,14 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture
+def tiny_config() -> dict:
+    """A fresh copy of TINY_CONFIG (small dims, 3 epochs) to modify per test."""
+    import copy
+
+    return copy.deepcopy(TINY_CONFIG)
+
+
 @pytest.fixture(scope="session")
 def tiny_synth():
     """A small synthetic dataset (300 users, 200 items, 6,000 swipes), fixed seed."""
