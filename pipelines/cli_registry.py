@@ -47,20 +47,27 @@ def register(app: typer.Typer) -> None:
         out.print(f"registered {mv.name} v{mv.version} as {mv.tags.get('semver')}")
 
     @app.command("promote")
-    def promote_cmd(version: str = typer.Option(..., help="model version number"),
+    def promote_cmd(version: Optional[str] = typer.Option(None, help="model version number"),
+                    run_id: Optional[str] = typer.Option(None, help="register this training run first, then promote it"),
                     stage: str = typer.Option("production", help="staging | production | archived"),
                     force: bool = typer.Option(False, help="override a failed gate (needs --reason)"),
                     reason: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(
                         None, help="evaluation data for the gate (default: the candidate's training data)"),
+                    force_if: str = typer.Option("", hidden=True, help="'true' = --force (for MLproject)"),
                     trigger: str = typer.Option("cli", hidden=True), config: str = CONFIG,
                     name: Optional[str] = NAME) -> None:
         """Move a version to a stage; production passes the gate first."""
         from pipelines.cli import fail
         from registry.stages import GateFailed
 
+        force = force or force_if.strip().lower() in {"1", "true", "yes"}
         try:
-            result = _open(config, name).promote(version, stage, force=force, reason=reason, trigger=trigger,
-                                                 data=data)
+            if bool(version) == bool(run_id):
+                raise ValueError("pass exactly one of --version (a registered version) or --run-id (a training run)")
+            reg = _open(config, name)
+            if run_id:
+                version = str(reg.register(run_id, trigger=trigger).version)
+            result = reg.promote(version, stage, force=force, reason=reason or None, trigger=trigger, data=data or None)
         except GateFailed as exc:
             fail(exc, code=3)
         except _errors() as exc:
@@ -75,7 +82,7 @@ def register(app: typer.Typer) -> None:
         from pipelines.cli import fail
 
         try:
-            result = _open(config, name).rollback(to_version, reason=reason, trigger=trigger)
+            result = _open(config, name).rollback(to_version or None, reason=reason or None, trigger=trigger)
         except _errors() as exc:
             fail(exc)
         out.print(result.describe())

@@ -307,26 +307,43 @@ def check_artifacts_destination(dest: str, env: Mapping[str, str] | None = None)
 
 
 # ------------------------------------------------------------------ webhooks, auth
-def webhook_encryption_key(state_dir: Path, env: Mapping[str, str] | None = None) -> str:
-    """The fixed Fernet key MLflow encrypts webhook secrets with (env, else a 0600 file made once)."""
-    env = os.environ if env is None else env
-    if env.get(WEBHOOK_KEY_ENV):
-        return env[WEBHOOK_KEY_ENV]
-    path = Path(state_dir) / WEBHOOK_KEY_FILE
+def _persistent_secret(path: Path, make: Any) -> str:
+    """Read a secret kept in a 0600 file, or make it once (never logged)."""
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise PermissionError(f"{path} is readable by others (mode {mode:o}): chmod 600 {path}")
         return path.read_text().strip()
-    from cryptography.fernet import Fernet
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key().decode()
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    log.info("generated the webhook encryption key in %s (keep it: webhook secrets need it)", path)
-    return key
+        fh.write(value + "\n")
+    log.info("generated %s (keep it with the server's state)", path)
+    return value
+
+
+def webhook_encryption_key(state_dir: Path, env: Mapping[str, str] | None = None) -> str:
+    """The fixed Fernet key MLflow encrypts webhook secrets with (env, else a 0600 file made once).
+
+    Without a fixed key each server process invents its own and stored webhooks become unreadable.
+    """
+    env = os.environ if env is None else env
+    if env.get(WEBHOOK_KEY_ENV):
+        return env[WEBHOOK_KEY_ENV]
+    from cryptography.fernet import Fernet
+
+    return _persistent_secret(Path(state_dir) / WEBHOOK_KEY_FILE, lambda: Fernet.generate_key().decode())
+
+
+def flask_secret_key(state_dir: Path, env: Mapping[str, str] | None = None) -> str:
+    """basic-auth's CSRF secret: MLFLOW_FLASK_SERVER_SECRET_KEY, else a 0600 file made once."""
+    import secrets
+
+    env = os.environ if env is None else env
+    if env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        return env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    return _persistent_secret(Path(state_dir) / "flask_secret.key", lambda: secrets.token_urlsafe(32))
 
 
 def write_auth_config(state_dir: Path, auth: PgTarget, default_permission: str = "READ") -> Path:
@@ -407,6 +424,7 @@ def server_env(target: PgTarget, settings: ServerSettings, webhook_key: str, aut
         env["MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE"] = "path"  # Supabase/MinIO-style endpoints
     if auth_ini is not None:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_ini)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret_key(Path(settings.state_dir), env)
     env.pop("MLFLOW_TRACKING_URI", None)  # the server is the store; a client URI here only confuses it
     return env
 

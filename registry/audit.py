@@ -14,6 +14,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -72,11 +73,18 @@ class AuditEntry:
 
 
 def audit_url(url: str | None = None) -> str:
-    """$TOWEROPS_AUDIT_DB_URL, else a PostgreSQL/SQLite tracking backend, else sqlite `towerops_audit.db`."""
+    """$TOWEROPS_AUDIT_DB_URL, else the PostgreSQL tracking backend, else SQLite `towerops_audit.db`
+    (next to mlflow.db on the embedded default). Behind an HTTP tracking server, set
+    TOWEROPS_AUDIT_DB_URL to the team's PostgreSQL so the trail is shared."""
     url = url or os.environ.get("TOWEROPS_AUDIT_DB_URL")
     if not url:
         tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
-        url = tracking if tracking.startswith(("postgresql", "sqlite")) else "sqlite:///towerops_audit.db"
+        if tracking.startswith("postgresql"):
+            url = tracking                                  # same PostgreSQL, own table
+        elif tracking.startswith("sqlite:///"):             # embedded default: a file next to mlflow.db
+            url = "sqlite:///" + str(Path(tracking[len("sqlite:///"):]).with_name("towerops_audit.db"))
+        else:
+            url = "sqlite:///towerops_audit.db"
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://"):

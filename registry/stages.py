@@ -9,6 +9,7 @@ path set the alias (towerops CLI, `mlflow run -e promote`, the MLflow UI via web
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -386,8 +387,9 @@ class EvaluationMetrics:
             if (v, key) not in self._cache:
                 if dataset is None:
                     dataset = source if isinstance(source, Dataset) else load_dataset(str(source))
-                bundle_dir = resolve_model(f"models:/{self.registry.name}/{v}")
-                ev = evaluate_bundle(bundle_dir, dataset, ks=self.registry.config.eval_ks, baselines=())
+                with tempfile.TemporaryDirectory(prefix="towerops-gate-") as tmp:
+                    bundle_dir = resolve_model(f"models:/{self.registry.name}/{v}", download_dir=tmp)
+                    ev = evaluate_bundle(bundle_dir, dataset, ks=self.registry.config.eval_ks, baselines=())
                 self._cache[(v, key)] = {k: float(x) for k, x in ev.metrics.items()}
             out[v] = self._cache[(v, key)]
         return out

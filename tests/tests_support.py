@@ -10,7 +10,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def mlflow_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment for a subprocess tracking to SQLite + artifacts inside tmp_path."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
     env.update({
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "3",

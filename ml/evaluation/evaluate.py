@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluation.metrics import (
-    ALL_METRICS, CATALOG_METRICS, RANKING_METRICS, auc, catalog_coverage, hits_from_csr, item_self_information,
+    ALL_METRICS, RANKING_METRICS, auc, catalog_coverage, hits_from_csr, item_self_information,
     metric_key, novelty, parse_ks, parse_metrics, ranking_metrics, top_k_from_scores,
 )
 from ml.logs import get_logger
@@ -175,7 +175,6 @@ def prepare_split(bundle: "ModelBundle", dataset: "Dataset", validation_split: f
     item_train_users = np.bincount(distinct, minlength=n_items)
     item_train_likes = np.bincount(tr_items[labels[tr] == 1], minlength=n_items)
 
-    user_inputs = None
     pl = bundle.pipeline
     profiles = pl.profile_matrix(dataset.users)
     feats = np.asarray(bundle.item_features, dtype=np.float32)
@@ -492,9 +491,9 @@ def evaluate_bundle(
         summaries[name] = {seg: s for seg in SEGMENTS if (s := summarize(sm, split, ks, names, seg, masks))}
         seconds[f"metrics.{name}"] = time.time() - t0
     flat = flat_metrics(summaries, split.counts)
-    log.info("evaluated %d users (%d ranked) x %d items: ndcg@%d model %.4f, popular %s; %.1fs", len(split.user_ids),
+    log.info("evaluated %d users (%d ranked) x %d items: ndcg@%d model %.4f, popular %.4f; %.1fs", len(split.user_ids),
              split.counts["users_ranked"], split.n_items, ks[0], flat.get(metric_key("ndcg", ks[0]), float("nan")),
-             flat.get(f"popular.{metric_key('ndcg', ks[0])}", "n/a"), sum(seconds.values()))
+             flat.get(f"popular.{metric_key('ndcg', ks[0])}", float("nan")), sum(seconds.values()))
     return Evaluation(ks=ks, metric_names=names, split=split, systems=systems, summaries=summaries, metrics=flat,
                       seconds=seconds)
 

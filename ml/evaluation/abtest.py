@@ -1,0 +1,365 @@
+"""A/B testing: deterministic assignment of users to arms, and analysis of logged outcomes.
+
+Assignment hashes `salt:user_id` with SHA-256 to a number in [0, 1) and cuts that
+interval by the arms' weights, so a user's arm is the same in every process, on
+every machine and after every restart, with no assignment table to store. A new
+salt per experiment reshuffles users independently of earlier experiments.
+
+Analysis reads outcomes (one row per swipe: user, arm, item, like/nope) and reports
+the like rate per arm and, for each treatment against the control, the difference
+with a confidence interval, the relative lift, a two-sided p-value and whether the
+sample is large enough to decide. Two units of analysis:
+- `swipe` (default): two-proportion z-test over swipes, as if swipes were independent;
+- `user`: the like rate as a ratio of per-user sums with a delta-method variance,
+  which accounts for one user's swipes being correlated (wider, more honest intervals
+  when users swipe a lot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ml.logs import get_logger
+
+log = get_logger("monitoring")
+
+DEFAULT_ARMS: dict[str, float] = {"control": 0.5, "treatment": 0.5}
+LIKE_WORDS = frozenset({"like", "liked", "yes", "right", "1", "true"})
+NOPE_WORDS = frozenset({"nope", "dislike", "no", "left", "0", "false"})
+
+
+# ---------------------------------------------------------------- assignment
+def parse_arms(spec: str | Mapping[str, float] | None) -> dict[str, float]:
+    """Arms and weights from "control=50,treatment=50" (or a mapping), normalised to sum to 1."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return dict(DEFAULT_ARMS)
+    if isinstance(spec, str):
+        arms: dict[str, float] = {}
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise ValueError(f"arm {part!r} has no weight: write arms as name=weight, e.g. control=50,treatment=50")
+            name, _, weight = part.partition("=")
+            name = name.strip()
+            try:
+                value = float(weight)
+            except ValueError:
+                raise ValueError(f"arm {name!r} has weight {weight.strip()!r}, not a number: e.g. control=50") from None
+            if name in arms:
+                raise ValueError(f"arm {name!r} is listed twice in {spec!r}")
+            arms[name] = value
+    else:
+        arms = {str(k): float(v) for k, v in spec.items()}
+    bad = {k: v for k, v in arms.items() if not (v > 0 and math.isfinite(v)) or not k}
+    if bad or len(arms) < 2:
+        raise ValueError(f"need at least two named arms with positive weights, got {arms}: e.g. control=50,treatment=50")
+    total = sum(arms.values())
+    return {k: v / total for k, v in arms.items()}
+
+
+def hash_unit(user_id: Any, salt: str = "") -> float:
+    """SHA-256 of `salt:user_id` as a number in [0, 1) (first 8 bytes / 2**64)."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_arm(user_id: Any, arms: str | Mapping[str, float] | None = None, salt: str = "") -> str:
+    """The arm of one user: deterministic for (salt, user_id, arms)."""
+    weights = parse_arms(arms)
+    u = hash_unit(user_id, salt)
+    names = list(weights)
+    cuts = np.cumsum([weights[n] for n in names])
+    return names[min(int(np.searchsorted(cuts, u, side="right")), len(names) - 1)]
+
+
+def assign_users(user_ids: Iterable[Any], arms: str | Mapping[str, float] | None = None, salt: str = "") -> pd.DataFrame:
+    """`user_id, arm, bucket` for many users (bucket = the hash in [0, 1))."""
+    weights = parse_arms(arms)
+    ids = [str(u) for u in user_ids]
+    units = np.fromiter((hash_unit(u, salt) for u in ids), dtype=np.float64, count=len(ids))
+    names = np.array(list(weights), dtype=object)
+    cuts = np.cumsum(list(weights.values()))
+    idx = np.minimum(np.searchsorted(cuts, units, side="right"), len(names) - 1)
+    return pd.DataFrame({"user_id": ids, "arm": names[idx] if len(ids) else np.array([], dtype=object),
+                         "bucket": units})
+
+
+# ---------------------------------------------------------------- outcomes
+def read_outcomes(path: str | Path) -> pd.DataFrame:
+    """Read outcomes from CSV/Parquet/JSON lines and normalise them (see `normalise_outcomes`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"outcomes file {p} does not exist: pass a CSV/Parquet file with columns "
+                                "user_id, arm, item_id and decision (like/nope) or label (1/0)")
+    suffix = "".join(p.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith(".parquet"):
+            frame = pd.read_parquet(p)
+        elif suffix.endswith((".jsonl", ".ndjson")):
+            frame = pd.read_json(p, lines=True, dtype=False)
+        else:
+            frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001 - a parser error becomes a readable message
+        raise ValueError(f"{p}: could not read the outcomes ({type(exc).__name__}: {exc}); "
+                         "expected CSV with a header row, Parquet or JSON lines") from exc
+    return normalise_outcomes(frame, source=str(p))
+
+
+def normalise_outcomes(frame: pd.DataFrame, source: str = "outcomes") -> pd.DataFrame:
+    """Columns user_id, arm, item_id (optional), liked (0/1); raise ValueError naming the bad column/row/value."""
+    cols = {c.lower().strip(): c for c in frame.columns}
+    missing = [c for c in ("user_id", "arm") if c not in cols]
+    label_col = next((cols[c] for c in ("decision", "label", "liked", "outcome") if c in cols), None)
+    if missing or label_col is None:
+        need = missing + ([] if label_col is not None else ["decision (like/nope) or label (1/0)"])
+        raise ValueError(f"{source}: missing column(s) {', '.join(need)}; found {list(frame.columns)}. "
+                         "Outcomes need one row per swipe: user_id, arm, item_id, decision")
+    out = pd.DataFrame({"user_id": frame[cols["user_id"]].astype(str).str.strip(),
+                        "arm": frame[cols["arm"]].astype(str).str.strip()})
+    if "item_id" in cols:
+        out["item_id"] = frame[cols["item_id"]].astype(str)
+    text = frame[label_col].astype(str).str.strip().str.lower()
+    text = text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+    liked = text.isin(LIKE_WORDS)
+    noped = text.isin(NOPE_WORDS)
+    bad = ~(liked | noped)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        values = ", ".join(repr(v) for v in frame[label_col][bad].astype(str).unique()[:5])
+        raise ValueError(f"{source}: column {label_col!r} has {int(bad.sum())} value(s) that are neither like nor nope "
+                         f"(first at data row {row + 1}: {values}); use like/nope or 1/0")
+    for col in ("user_id", "arm"):
+        empty = (out[col] == "") | out[col].str.lower().isin({"nan", "none", "null"})
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise ValueError(f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) (first at data row "
+                             f"{row + 1}); every outcome needs a {col}")
+    out["liked"] = liked.to_numpy().astype(np.int64)
+    arms_per_user = out.groupby("user_id")["arm"].nunique()
+    crossed = arms_per_user[arms_per_user > 1]
+    if len(crossed):
+        shown = ", ".join(repr(u) for u in crossed.index[:5])
+        raise ValueError(f"{source}: {len(crossed)} user(s) appear in more than one arm (e.g. {shown}); the assignment "
+                         "is broken (salt or weights changed mid-experiment?), so arms are not comparable. "
+                         "Drop those users or restart the experiment with a new salt")
+    return out
+
+
+# ---------------------------------------------------------------- analysis
+@dataclass
+class ArmStats:
+    arm: str
+    users: int
+    swipes: int
+    likes: int
+    like_rate: float
+    expected_share: float | None = None
+
+
+@dataclass
+class ArmComparison:
+    """Treatment vs control: difference in like rate (treatment - control)."""
+
+    treatment: str
+    control: str
+    difference: float
+    ci_low: float
+    ci_high: float
+    relative_lift: float
+    relative_ci_low: float
+    relative_ci_high: float
+    z: float
+    p_value: float
+    significant: bool
+    required_per_arm: int
+    decision: str
+
+
+@dataclass
+class ABResult:
+    arms: list[ArmStats]
+    comparisons: list[ArmComparison]
+    unit: str
+    alpha: float
+    power: float
+    mde: float
+    warnings: list[str] = field(default_factory=list)
+    srm_p_value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "alpha": self.alpha, "power": self.power, "mde": self.mde,
+                "arms": [asdict(a) for a in self.arms], "comparisons": [asdict(c) for c in self.comparisons],
+                "srm_p_value": self.srm_p_value, "warnings": list(self.warnings)}
+
+
+def required_sample_per_arm(baseline_rate: float, relative_mde: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Swipes per arm a two-sided two-proportion test needs to detect a relative change of `relative_mde`."""
+    from scipy.stats import norm
+
+    p1 = min(max(baseline_rate, 1e-6), 1 - 1e-6)
+    p2 = min(max(p1 * (1 + relative_mde), 1e-6), 1 - 1e-6)
+    if p1 == p2:
+        return 2**31 - 1
+    z_a, z_b = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    p_bar = (p1 + p2) / 2
+    n = (z_a * math.sqrt(2 * p_bar * (1 - p_bar)) + z_b * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / (p2 - p1) ** 2
+    return int(math.ceil(n))
+
+
+def two_proportion_test(likes_a: int, n_a: int, likes_b: int, n_b: int, alpha: float = 0.05
+                        ) -> tuple[float, float, float, float, float]:
+    """(difference b - a, CI low, CI high, z, two-sided p): pooled z for the test, unpooled SE for the CI."""
+    from scipy.stats import norm
+
+    pa, pb = likes_a / n_a, likes_b / n_b
+    pooled = (likes_a + likes_b) / (n_a + n_b)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    diff = pb - pa
+    z = diff / se0 if se0 > 0 else 0.0
+    p = float(2 * norm.sf(abs(z))) if se0 > 0 else 1.0
+    se = math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
+    half = norm.ppf(1 - alpha / 2) * se
+    return diff, diff - half, diff + half, z, p
+
+
+def _ratio_mean_var(likes: np.ndarray, swipes: np.ndarray) -> tuple[float, float]:
+    """Like rate sum(likes)/sum(swipes) over users and its delta-method variance."""
+    n = len(likes)
+    mx, my = likes.mean(), swipes.mean()
+    r = mx / my
+    if n < 2:
+        return r, float("inf")
+    vx, vy = likes.var(ddof=1), swipes.var(ddof=1)
+    cxy = np.cov(likes, swipes, ddof=1)[0, 1]
+    return r, float((vx - 2 * r * cxy + r * r * vy) / (n * my * my))
+
+
+def analyze_outcomes(outcomes: pd.DataFrame, control: str | None = None, alpha: float = 0.05, power: float = 0.8,
+                     mde: float = 0.05, min_per_arm: int = 100, unit: str = "swipe",
+                     arms: str | Mapping[str, float] | None = None) -> ABResult:
+    """Like rate per arm and each treatment vs `control` (default: an arm named control, else the first).
+
+    A comparison is "inconclusive: sample too small" when either arm has fewer swipes
+    than the power calculation needs to detect a relative change of `mde` at the
+    control's like rate (or fewer than `min_per_arm`) and the difference is not
+    significant. `arms` (the configured split) adds a sample-ratio-mismatch check.
+    """
+    from scipy.stats import chisquare, norm
+
+    if unit not in ("swipe", "user"):
+        raise ValueError(f"unit={unit!r} must be 'swipe' or 'user'")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha={alpha} and power={power} must be in (0, 1), e.g. 0.05 and 0.8")
+    if mde <= 0:
+        raise ValueError(f"mde={mde} must be a positive relative change, e.g. 0.05 for 5%")
+    frame = outcomes if "liked" in outcomes.columns else normalise_outcomes(outcomes)
+    if frame.empty:
+        raise ValueError("the outcomes hold no rows: nothing to analyse")
+    names = sorted(frame["arm"].unique())
+    if control is None:
+        control = "control" if "control" in names else names[0]
+    if control not in names:
+        raise ValueError(f"control arm {control!r} has no outcomes; arms present: {names}. Pass --control <arm>")
+    if len(names) < 2:
+        raise ValueError(f"the outcomes hold only arm {names[0]!r}: an A/B test needs at least two arms")
+    per_user = frame.groupby(["arm", "user_id"])["liked"].agg(["sum", "count"]).reset_index()
+    weights = parse_arms(arms) if arms is not None else None
+    stats: dict[str, ArmStats] = {}
+    for name in [control] + [n for n in names if n != control]:
+        sub = frame[frame["arm"] == name]
+        likes, swipes = int(sub["liked"].sum()), int(len(sub))
+        stats[name] = ArmStats(arm=name, users=int(sub["user_id"].nunique()), swipes=swipes, likes=likes,
+                               like_rate=likes / swipes, expected_share=(weights or {}).get(name))
+    warnings: list[str] = []
+    srm_p = None
+    if weights is not None:
+        unknown = [n for n in names if n not in weights]
+        if unknown:
+            raise ValueError(f"outcomes hold arm(s) {unknown} that are not in the configured arms {list(weights)}")
+        observed = np.array([stats[n].users if n in stats else 0 for n in weights], dtype=float)
+        expected = np.array(list(weights.values())) * observed.sum()
+        srm_p = float(chisquare(observed, expected).pvalue)
+        if srm_p < 0.001:
+            warnings.append(f"sample ratio mismatch: users per arm {dict(zip(weights, observed.astype(int)))} are unlikely "
+                            f"under the configured split {weights} (chi-square p={srm_p:.2g}); check the assignment and "
+                            "logging before trusting the result")
+    c = stats[control]
+    comparisons: list[ArmComparison] = []
+    z_crit = norm.ppf(1 - alpha / 2)
+    for name, t in stats.items():
+        if name == control:
+            continue
+        if unit == "swipe":
+            diff, lo, hi, z, p = two_proportion_test(c.likes, c.swipes, t.likes, t.swipes, alpha)
+        else:
+            uc = per_user[per_user["arm"] == control]
+            ut = per_user[per_user["arm"] == name]
+            rc, vc = _ratio_mean_var(uc["sum"].to_numpy(float), uc["count"].to_numpy(float))
+            rt, vt = _ratio_mean_var(ut["sum"].to_numpy(float), ut["count"].to_numpy(float))
+            diff, se = rt - rc, math.sqrt(vc + vt)
+            z = diff / se if se > 0 and math.isfinite(se) else 0.0
+            p = float(2 * norm.sf(abs(z))) if se > 0 and math.isfinite(se) else 1.0
+            lo, hi = diff - z_crit * se, diff + z_crit * se
+        base = c.like_rate
+        rel = diff / base if base > 0 else float("nan")
+        rel_lo = lo / base if base > 0 else float("nan")
+        rel_hi = hi / base if base > 0 else float("nan")
+        required = max(min_per_arm, required_sample_per_arm(base, mde, alpha, power))
+        smallest = min(c.swipes, t.swipes)
+        significant = p < alpha
+        if significant:
+            decision = f"{name} is better" if diff > 0 else f"{control} is better"
+            if smallest < min_per_arm:
+                warnings.append(f"{name} vs {control}: significant, but with only {smallest} swipes in an arm "
+                                f"(< {min_per_arm}) the normal approximation is shaky; keep collecting")
+        elif smallest < required:
+            decision = "inconclusive: sample too small"
+            warnings.append(f"{name} vs {control}: sample too small to decide: {smallest} swipes in the smaller arm, "
+                            f"about {required} per arm are needed to detect a {mde:.0%} relative change at a "
+                            f"{base:.1%} like rate (alpha={alpha}, power={power})")
+        else:
+            decision = "no significant difference"
+        comparisons.append(ArmComparison(
+            treatment=name, control=control, difference=diff, ci_low=lo, ci_high=hi, relative_lift=rel,
+            relative_ci_low=rel_lo, relative_ci_high=rel_hi, z=z, p_value=p, significant=significant,
+            required_per_arm=required, decision=decision))
+    for w in warnings:
+        log.warning("A/B analysis: %s", w)
+    return ABResult(arms=list(stats.values()), comparisons=comparisons, unit=unit, alpha=alpha, power=power,
+                    mde=mde, warnings=warnings, srm_p_value=srm_p)
+
+
+def format_result(result: ABResult) -> str:
+    """A plain-text report: one line per arm, one block per comparison, then warnings."""
+    lines = [f"{'arm':<16}{'users':>8}{'swipes':>9}{'likes':>8}{'like rate':>11}"]
+    for a in result.arms:
+        lines.append(f"{a.arm:<16}{a.users:>8}{a.swipes:>9}{a.likes:>8}{a.like_rate:>10.2%} ")
+    level = int(round((1 - result.alpha) * 100))
+    for cmp in result.comparisons:
+        lines.append("")
+        lines.append(f"{cmp.treatment} vs {cmp.control} (unit: {result.unit}):")
+        lines.append(f"  difference {cmp.difference:+.4f} ({level}% CI {cmp.ci_low:+.4f} .. {cmp.ci_high:+.4f})")
+        lines.append(f"  relative lift {cmp.relative_lift:+.2%} ({level}% CI {cmp.relative_ci_low:+.2%} .. "
+                     f"{cmp.relative_ci_high:+.2%})")
+        lines.append(f"  z = {cmp.z:.3f}, p-value = {cmp.p_value:.4g} -> {cmp.decision}")
+    if result.srm_p_value is not None:
+        lines.append(f"\nsample ratio check: p = {result.srm_p_value:.3g}")
+    for w in result.warnings:
+        lines.append(f"WARNING: {w}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ABResult", "ArmComparison", "ArmStats", "analyze_outcomes", "assign_arm", "assign_users", "format_result",
+    "hash_unit", "normalise_outcomes", "parse_arms", "read_outcomes", "required_sample_per_arm",
+    "two_proportion_test",
+]
