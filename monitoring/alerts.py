@@ -132,9 +132,10 @@ def apply_rollback_policy(alerts: Sequence[Alert], config: MonitoringConfig,
                           rollback: RollbackFn | None = None) -> Any:
     """Roll production back when an alert named in `rollback.on_alerts` fired.
 
-    `rollback(model_name=..., alias=..., reason=...)` defaults to
-    `registry.stages.rollback`, imported only here (monitoring sits after the registry
-    in the chain and must not need it otherwise). Returns its result, or None.
+    `rollback(model_name=..., alias=..., reason=...)` defaults to the registry's
+    `open_registry(name=...).rollback(reason=..., trigger="monitoring")` (registry/stages.py),
+    imported only here: monitoring sits after the registry in the chain and needs it for
+    nothing else. Returns its result, or None.
     """
     policy = config.rollback
     if not policy.get("enabled"):
@@ -144,13 +145,16 @@ def apply_rollback_policy(alerts: Sequence[Alert], config: MonitoringConfig,
         return None
     if rollback is None:
         try:
-            from registry.stages import rollback as registry_rollback  # type: ignore[import-not-found]
+            from registry.stages import open_registry
         except ImportError as exc:
             raise RuntimeError(
-                "rollback policy is enabled but registry.stages.rollback is not available "
+                "rollback policy is enabled but registry.stages.open_registry is not available "
                 f"({exc}); disable rollback.enabled in the monitoring config or install the registry module"
             ) from exc
-        rollback = registry_rollback
+
+        def rollback(model_name: str, alias: str, reason: str) -> Any:
+            return open_registry(name=model_name).rollback(reason=reason, actor="towerops-monitoring",
+                                                           trigger="monitoring")
     reason = "monitoring alert(s): " + "; ".join(a.message for a in triggers)
     log.error("rollback policy: rolling back %s@%s because %s", policy.get("model_name"), policy.get("alias"), reason)
     return rollback(model_name=policy.get("model_name", "two_tower"), alias=policy.get("alias", "production"),

@@ -17,7 +17,7 @@ SEVERITIES = ("warning", "error")
 
 DEFAULTS: dict[str, Any] = {
     "reference": {"sample_users": 2000, "sample_items": 5000, "top_k": 10, "popular_top_n": 10, "calibration_bins": 20},
-    "drift": {"pca_components": 20, "embedding_method": "model", "min_outcomes": 30},
+    "drift": {"pca_components": 20, "embedding_method": "model", "embedding_sample": 300, "min_outcomes": 30},
     "performance": {"window": "5min"},
     "alerts": [],
     "webhook": {"url_env": "TOWEROPS_ALERT_WEBHOOK_URL", "timeout_s": 5.0, "attempts": 4, "backoff_s": 0.5},

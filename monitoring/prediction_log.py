@@ -10,7 +10,9 @@ Format (the inference service writes it; monitoring reads it). One line per requ
      "scores": [3.21, 3.05, ...],        # the model's score of each item, same order
      "model_version": "3"}               # registry version (or run id) that answered
 
-Extra fields are ignored. Files may be rotated: pass a folder to read every `*.jsonl`
+`ml/prediction_log.py` (serving) writes this shape plus request_id, cold, status
+("ok"/"error") and error; `status` is read (error share), other extra fields are ignored.
+Error rows have empty items/scores. Files may be rotated: pass a folder to read every `*.jsonl`
 (and `*.jsonl.gz`) in it. Why JSON lines: append-only, one write per request, readable
 with no schema registry, and a torn last line (a crash mid-write) loses one request only.
 """
@@ -78,8 +80,8 @@ def read_prediction_log(path: str | Path, start: Any = None, end: Any = None) ->
                 raise ValueError(f"{file}:{n}: items and scores must be lists of the same length "
                                  f"(got {type(items).__name__} {len(items) if isinstance(items, list) else ''} / "
                                  f"{type(scores).__name__} {len(scores) if isinstance(scores, list) else ''})")
-            rows.append({f: rec[f] for f in REQUIRED_FIELDS})
-    frame = pd.DataFrame(rows, columns=list(REQUIRED_FIELDS))
+            rows.append({**{f: rec[f] for f in REQUIRED_FIELDS}, "status": rec.get("status") or "ok"})
+    frame = pd.DataFrame(rows, columns=[*REQUIRED_FIELDS, "status"])
     ts = frame["ts"]
     numeric = pd.to_numeric(ts, errors="coerce")
     parsed = pd.to_datetime(ts.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")

@@ -105,8 +105,9 @@ def user_drift_report(ref_users: pd.DataFrame, cur_users: pd.DataFrame, drift: d
 
 # ------------------------------------------------------------------ embeddings
 def embedding_drift_report(ref: dict[str, pd.DataFrame], cur: dict[str, pd.DataFrame], drift: dict[str, Any],
-                           metadata: dict[str, str] | None = None, max_rows: int = 2000, seed: int = 0) -> ReportOutput:
-    """EmbeddingsDrift per embedding set (`item`, `user`), classifier method after PCA.
+                           metadata: dict[str, str] | None = None, max_rows: int | None = None, seed: int = 0) -> ReportOutput:
+    """EmbeddingsDrift per embedding set (`item`, `user`), classifier method after PCA, on at
+    most `drift.embedding_sample` rows of each side.
 
     The score is the ROC AUC of a classifier telling current from reference rows
     (0.5 = indistinguishable); a test on the threshold gives Evidently's pass/fail.
@@ -115,6 +116,8 @@ def embedding_drift_report(ref: dict[str, pd.DataFrame], cur: dict[str, pd.DataF
     from evidently.metrics.embeddings import DistanceDriftMethod, ModelDriftMethod
     from evidently.tests import lte
 
+    # Evidently also draws a t-SNE map of the rows for the HTML: the sample size is what costs time.
+    max_rows = int(max_rows or drift.get("embedding_sample", 300))
     rng = np.random.default_rng(seed)
     frames_cur, frames_ref, embeddings = [], [], {}
     metrics = []
@@ -247,4 +250,5 @@ def performance_report(log_frame: pd.DataFrame, window: str = "5min",
         "latency_p99_ms": float(_find(snap, "QuantileValue", column="latency_ms", quantile=0.99)),
         "throughput_rps": float(len(log_frame) / span) if span > 0 else float(len(log_frame)),
         "throughput_rps_peak_window": float(per_window["throughput_rps"].max()) if len(per_window) else 0.0,
+        "error_share": float((log_frame["status"] != "ok").mean()) if "status" in log_frame and len(log_frame) else 0.0,
     }, {"windows": per_window})
