@@ -38,13 +38,32 @@ def build_tower(
     return keras.Model(inputs, outputs, name=name)
 
 
+def _per_replica(loss):
+    """Divide a replica's loss by the number of replicas in sync (tf.distribute).
+
+    Keras sums gradients over replicas and multiplies the tracked `loss` back by their
+    number; its built-in losses are pre-divided, a custom `compute_loss` must do the
+    same or gradients and the logged loss/val_loss come out N times too large. A no-op
+    with one replica.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        n = tf.distribute.get_strategy().num_replicas_in_sync
+        if n > 1:
+            loss = loss / float(n)
+    return loss
+
+
 @keras.saving.register_keras_serializable(package="towerops")
 class TwoTowerModel(keras.Model):
     """Scores a (user, item) pair by the cosine of their embeddings.
 
     Inputs are a dict with `user_features` (B, user_dim) and `item_features`
     (B, item_dim), optionally `user_index`/`item_index` (B,) used only to mask
-    accidental hits in the in-batch softmax; the target `y` is the like label (B,).
+    accidental hits in the in-batch softmax, and `item_log_q` (B,), the log of each
+    item's chance to appear in a batch, for the sampling-bias correction; the target
+    `y` is the like label (B,).
     """
 
     def __init__(
@@ -104,7 +123,12 @@ class TwoTowerModel(keras.Model):
             same_user_like = ops.logical_and(ops.equal(user_idx[:, None], user_idx[None, :]), labels[None, :] > 0.5)
             mask = ops.logical_or(mask, same_user_like)
         mask = ops.logical_and(mask, ops.logical_not(eye))
-        logits = ops.where(mask, ops.full_like(scores, -1e9), scores)
+        logits = scores
+        if isinstance(x, dict) and "item_log_q" in x:
+            # Sampling-bias correction: in-batch negatives arrive in proportion to popularity;
+            # subtracting log q(item) makes the softmax estimate the full-catalog one.
+            logits = logits - ops.cast(ops.reshape(x["item_log_q"], (1, -1)), logits.dtype)
+        logits = ops.where(mask, ops.full_like(scores, -1e9), logits)
         log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
         diag_log_prob = ops.sum(ops.where(eye, log_probs, ops.zeros_like(log_probs)), axis=1)
         n_pos = ops.maximum(ops.sum(labels), 1.0)
@@ -121,7 +145,7 @@ class TwoTowerModel(keras.Model):
         self.retrieval_loss_tracker.update_state(retrieval_loss)
         self.rating_loss_tracker.update_state(rating_loss)
         self.auc_metric.update_state(labels, ops.sigmoid(rating_logits))
-        return total
+        return _per_replica(total)
 
     def get_config(self) -> dict:
         return {

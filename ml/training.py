@@ -1,6 +1,10 @@
 """Training: time split per user, feature fitting, Keras fit with early stopping and
 best-weights checkpoints, then export of the model bundle.
 
+`training.distribute_strategy` picks a tf.distribute strategy (ml.distribute): the model is
+built and compiled under its scope and fed a tf.data pipeline batched to the global batch
+size; a non-chief worker checkpoints to a temporary folder and exports no bundle.
+
 `create_standard_trainer(model_dir, config).train(user_features=..., item_features=...,
 interactions=...)` is the seed's API; `ml.tracking.train_run` wraps it in an MLflow run.
 """
@@ -8,10 +12,13 @@ interactions=...)` is the seed's API; `ml.tracking.train_run` wraps it in an MLf
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +26,9 @@ import pandas as pd
 from ml.config import TowerOpsConfig, config_from_dict
 from ml.data.schema import Dataset
 from ml.logs import get_logger
+
+if TYPE_CHECKING:
+    from ml.distribute import Distribution
 
 log = get_logger("training")
 
@@ -93,10 +103,11 @@ class TwoTowerTrainer:
     """Fits the feature pipeline and the two-tower model and writes the model bundle."""
 
     def __init__(self, model_dir: str | Path, config: TowerOpsConfig | Mapping[str, Any] | None = None,
-                 callbacks: Sequence[Any] = ()) -> None:
+                 callbacks: Sequence[Any] = (), distribution: "Distribution | None" = None) -> None:
         self.model_dir = Path(model_dir)
         self.config = config if isinstance(config, TowerOpsConfig) else config_from_dict(config or {})
         self.callbacks = list(callbacks)
+        self.distribution = distribution  # created from config.training.distribute_strategy when None
         self.model = None
         self.pipeline = None
         self.prepared: PreparedData | None = None
@@ -144,12 +155,16 @@ class TwoTowerTrainer:
         pl = self.pipeline
         tr, va = p.split.train, p.split.valid
         n_users = len(p.user_ids)
+        # log q(item): how often each item fills a batch slot (its share of training rows)
+        counts = np.bincount(p.item_rows[tr], minlength=len(p.item_ids)).astype(np.float64)
+        log_q = np.log(np.maximum(counts, 1.0) / max(int(tr.sum()), 1)).astype(np.float32)
         x_train = {
             "user_features": pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr],
                                                            p.labels[tr], n_users),
             "item_features": p.item_vectors[p.item_rows[tr]],
             "user_index": p.user_rows[tr],
             "item_index": p.item_rows[tr],
+            "item_log_q": log_q[p.item_rows[tr]],
         }
         y_train = p.labels[tr].astype(np.float32)
         valid = None
@@ -160,29 +175,41 @@ class TwoTowerTrainer:
                 "item_features": p.item_vectors[p.item_rows[va]],
                 "user_index": p.user_rows[va],
                 "item_index": p.item_rows[va],
+                "item_log_q": log_q[p.item_rows[va]],
             }
             valid = (x_val, p.labels[va].astype(np.float32))
         return x_train, y_train, valid
 
     # ----------------------------------------------------------------- train
-    def build_model(self):
+    def ensure_distribution(self) -> "Distribution":
+        """The strategy to train under: the one given, else the config's (TF_CONFIG checked here)."""
+        if self.distribution is None:
+            from ml.distribute import setup_distribution
+
+            self.distribution = setup_distribution(self.config)
+        return self.distribution
+
+    def build_model(self, strategy: Any | None = None):
+        """Build and compile the model; under `strategy.scope()` so its variables are mirrored."""
         import keras
 
         from ml.model import TwoTowerModel
 
         cfg = self.config
         keras.utils.set_random_seed(cfg.training.seed)
-        model = TwoTowerModel.from_config_object(cfg.model, self.pipeline.user_dim, self.pipeline.item_dim,
-                                                 bce_weight=cfg.training.bce_weight)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.training.learning_rate),
-                      jit_compile=cfg.training.jit_compile)
+        with strategy.scope() if strategy is not None else nullcontext():
+            model = TwoTowerModel.from_config_object(cfg.model, self.pipeline.user_dim, self.pipeline.item_dim,
+                                                     bce_weight=cfg.training.bce_weight)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.training.learning_rate),
+                          jit_compile=cfg.training.jit_compile)
         return model
 
     def fit(self, x_train: dict, y_train: np.ndarray, valid: tuple[dict, np.ndarray] | None) -> dict[str, list[float]]:
         import keras
 
         cfg = self.config.training
-        self.model = self.build_model()
+        dist = self.ensure_distribution()
+        self.model = self.build_model(dist.strategy if dist.distributed else None)
         monitor = "val_loss" if valid is not None else "loss"
         ckpt_dir = self.model_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -194,14 +221,68 @@ class TwoTowerTrainer:
             EpochProgress(cfg.epochs),
             *self.callbacks,
         ]
-        batch_size = min(cfg.batch_size, len(y_train))
-        log.info("training %d epochs max, batch %d, %d examples", cfg.epochs, batch_size, len(y_train))
-        hist = self.model.fit(x_train, y_train, batch_size=batch_size, epochs=cfg.epochs, validation_data=valid,
-                              shuffle=True, verbose=0, callbacks=callbacks)
-        self.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        if dist.distributed:
+            self.history = self._fit_distributed(dist, x_train, y_train, valid, callbacks)
+        else:
+            batch_size = min(cfg.batch_size, len(y_train))
+            log.info("training %d epochs max, batch %d, %d examples", cfg.epochs, batch_size, len(y_train))
+            hist = self.model.fit(x_train, y_train, batch_size=batch_size, epochs=cfg.epochs, validation_data=valid,
+                                  shuffle=True, verbose=0, callbacks=callbacks)
+            self.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         series = self.history.get(monitor, [])
         self.best_epoch = int(np.argmin(series)) if series else None
         return self.history
+
+    def _fit_distributed(self, dist: "Distribution", x_train: dict, y_train: np.ndarray,
+                         valid: tuple[dict, np.ndarray] | None, callbacks: list) -> dict[str, list[float]]:
+        """Fit under a tf.distribute strategy on tf.data batches of the global batch size.
+
+        Every worker builds the same shuffled batches (same data, same seed); auto-shard
+        policy DATA hands each replica its slice of every global batch. With several replicas
+        only full batches are fed (a short last batch could leave a replica empty, and all
+        workers must run the same steps): training drops under one batch per epoch (reshuffled
+        each epoch), validation picks a batch size near the configured one that leaves the
+        fewest rows out. Mirrored uses Keras' fit;
+        multi-worker uses a plain loop over `train_step`/`test_step`, because Keras 3's fit
+        fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Afterwards the
+        weights go into an undistributed copy of the model for export.
+        """
+        from ml.distribute import global_batch_problem
+
+        cfg = self.config.training
+        n_rep = dist.num_replicas
+        problem = global_batch_problem(cfg.batch_size, n_rep)
+        if problem:
+            raise ValueError(problem)
+        batch = _global_batch(cfg.batch_size, len(y_train), n_rep)
+        if batch < 2 * n_rep:
+            raise ValueError(f"{len(y_train)} training rows cannot fill a batch of 2 rows on each of {n_rep} replicas")
+        full_only = n_rep > 1
+        train_ds = _batched_dataset(x_train, y_train, batch, shuffle_seed=cfg.seed, drop_remainder=full_only)
+        val_ds = None
+        if valid is not None:
+            val_batch = _eval_batch(cfg.batch_size, len(valid[1]), n_rep)
+            if val_batch >= 2 * n_rep or (val_batch and not full_only):
+                val_ds = _batched_dataset(valid[0], valid[1], val_batch, shuffle_seed=None, drop_remainder=full_only)
+                dropped = len(valid[1]) % val_batch if full_only else 0
+                if dropped:
+                    log.info("validation: batches of %d, %d of %d rows left out to keep every replica's batch full",
+                             val_batch, dropped, len(valid[1]))
+            else:
+                log.warning("validation: %d rows are too few for %d replicas; training without validation",
+                            len(valid[1]), n_rep)
+        log.info("training %d epochs max under %s: %d replica(s), global batch %d (%d per replica), %d examples",
+                 cfg.epochs, dist.plan.describe(), n_rep, batch, batch // n_rep, len(y_train))
+        if dist.multi_worker:
+            history = _fit_loop(self.model, dist.strategy, train_ds, val_ds, cfg.epochs, callbacks)
+        else:
+            hist = self.model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, verbose=0, callbacks=callbacks)
+            history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        plain = self.build_model(None)
+        plain({k: v[:2] for k, v in x_train.items()}, training=False)  # build, so the bundle saves it whole
+        plain.set_weights(self.model.get_weights())
+        self.model = plain
+        return history
 
     def train(
         self,
@@ -221,18 +302,114 @@ class TwoTowerTrainer:
                 raise ValueError("pass user_features, item_features and interactions DataFrames, or dataset=")
             dataset = validate_dataset(user_features, item_features, interactions,
                                        {"users": "user_features", "items": "item_features", "interactions": "interactions"})
-        prepared = self.prepare(dataset)
-        x_train, y_train, valid = self.training_arrays(prepared)
-        history = self.fit(x_train, y_train, valid)
-        export_bundle(self, dataset, fingerprint=dict(data_fingerprint or dataset_fingerprint(dataset)))
+        dist = self.ensure_distribution()
+        scratch = None
+        if not dist.is_chief:
+            scratch = Path(tempfile.mkdtemp(prefix="towerops-worker-"))
+            log.info("%s is not the chief: checkpoints go to %s, no bundle is written to %s",
+                     dist.plan.describe(), scratch, self.model_dir)
+            self.model_dir = scratch
+        try:
+            prepared = self.prepare(dataset)
+            x_train, y_train, valid = self.training_arrays(prepared)
+            history = self.fit(x_train, y_train, valid)
+            if dist.is_chief:
+                export_bundle(self, dataset, fingerprint=dict(data_fingerprint or dataset_fingerprint(dataset)))
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         return history
 
 
 def create_standard_trainer(model_dir: str | Path = "models/two_tower",
                             config: TowerOpsConfig | Mapping[str, Any] | None = None,
-                            callbacks: Sequence[Any] = ()) -> TwoTowerTrainer:
+                            callbacks: Sequence[Any] = (),
+                            distribution: "Distribution | None" = None) -> TwoTowerTrainer:
     """The seed's entry point: a trainer with the standard architecture and the given overrides."""
-    return TwoTowerTrainer(model_dir=model_dir, config=config, callbacks=callbacks)
+    return TwoTowerTrainer(model_dir=model_dir, config=config, callbacks=callbacks, distribution=distribution)
+
+
+def _global_batch(batch_size: int, n_rows: int, n_replicas: int) -> int:
+    """The configured global batch, capped at the rows there are, a multiple of the replicas."""
+    batch = min(batch_size, n_rows)
+    return batch - batch % n_replicas
+
+
+def _eval_batch(batch_size: int, n_rows: int, n_replicas: int) -> int:
+    """Validation batch: the configured one with one replica; with several, the multiple of
+    the replicas in [batch/2, batch] that leaves the fewest rows out of full batches."""
+    hi = _global_batch(batch_size, n_rows, n_replicas)
+    if n_replicas == 1 or hi <= 0:
+        return hi
+    lo = max(2 * n_replicas, hi // 2)
+    candidates = range(hi, lo - 1, -n_replicas)
+    return min(candidates, key=lambda b: (n_rows % b, -b), default=hi)
+
+
+def _batched_dataset(x: dict, y: np.ndarray, batch: int, shuffle_seed: int | None, drop_remainder: bool):
+    """Global batches of (x, y) as a tf.data pipeline that tf.distribute shards by DATA."""
+    import tensorflow as tf
+
+    n = len(y)
+    ds = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:  # same seed on every worker: the same batches everywhere
+        ds = ds.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
+    xs = {k: tf.constant(v) for k, v in x.items()}
+    ys = tf.constant(y)
+    ds = ds.batch(batch, drop_remainder=drop_remainder).map(
+        lambda idx: ({k: tf.gather(v, idx) for k, v in xs.items()}, tf.gather(ys, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_loop(model: Any, strategy: Any, train_ds: Any, val_ds: Any, epochs: int,
+              callbacks: list) -> dict[str, list[float]]:
+    """`model.fit` for MultiWorkerMirroredStrategy: Keras' own train/test steps under
+    `strategy.run`, metrics read (and all-reduced) at epoch end, the usual epoch callbacks."""
+    import keras
+    import tensorflow as tf
+
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    train_dist = strategy.experimental_distribute_dataset(train_ds)
+    val_dist = strategy.experimental_distribute_dataset(val_ds) if val_ds is not None else None
+
+    @tf.function
+    def train_step(batch):
+        strategy.run(model.train_step, args=(batch,))
+
+    @tf.function
+    def test_step(batch):
+        strategy.run(model.test_step, args=(batch,))
+
+    def results(prefix: str = "") -> dict[str, float]:
+        return {prefix + k: float(v) for k, v in model.get_metrics_result().items()}
+
+    cb = keras.callbacks.CallbackList(callbacks, model=model)
+    history: dict[str, list[float]] = {}
+    model.stop_training = False
+    logs: dict[str, float] = {}
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        model.reset_metrics()
+        for batch in train_dist:
+            train_step(batch)
+        logs = results()
+        if val_dist is not None:
+            model.reset_metrics()
+            for batch in val_dist:
+                test_step(batch)
+            logs.update(results("val_"))
+        cb.on_epoch_end(epoch, logs)
+        for k, v in logs.items():
+            history.setdefault(k, []).append(float(v))
+        if model.stop_training:
+            break
+    cb.on_train_end(logs)
+    return history
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:

@@ -101,3 +101,14 @@ def test_overfits_one_batch() -> None:
     assert first > 2.0 and last < 0.05
     u, i = model(x)
     assert (np.argmax(np.asarray(u) @ np.asarray(i).T, axis=1) == np.arange(n)).all()
+
+
+def test_sampling_bias_correction_subtracts_log_q() -> None:
+    model = _model(bce_weight=0.0)
+    u = i = np.eye(2, dtype="float32")
+    y = np.array([1.0, 0.0], "float32")
+    log_q = np.array([math.log(0.5), math.log(0.1)], "float32")
+    loss = float(model.compute_loss(x={"item_log_q": log_q}, y=y, y_pred=(u, i)))
+    # row 0 logits: [1 - log .5, 0 - log .1]; the target is column 0
+    a, b = 1 - math.log(0.5), -math.log(0.1)
+    assert loss == pytest.approx(-(a - math.log(math.exp(a) + math.exp(b))), rel=1e-5)
