@@ -173,7 +173,7 @@ def pyfunc_requirements() -> list[str]:
     from importlib.metadata import version
 
     pins = []
-    for pkg in ("mlflow", "tensorflow", "keras", "pandas", "numpy", "scikit-learn", "scipy", "joblib"):
+    for pkg in ("mlflow", "tensorflow", "keras", "pandas", "numpy", "scikit-learn", "scipy", "joblib", "h5py", "faiss-cpu"):
         try:
             pins.append(f"{pkg}=={version(pkg)}")
         except Exception:  # noqa: BLE001
@@ -192,7 +192,9 @@ def log_recommender(model_dir: str | Path, name: str = PYFUNC_NAME, registered_m
     signature = ModelSignature(
         inputs=Schema([
             ColSpec("string", "user_id", required=False),
-            ColSpec("long", "top_k", required=False),
+            # double, not long: MLflow cannot enforce an int column with a missing value, so a batch
+            # where only some rows set top_k would be refused; the pyfunc checks it is a whole number
+            ColSpec("double", "top_k", required=False),
             ColSpec("boolean", "exclude_seen", required=False),
             ColSpec(Array("string"), "candidate_items", required=False),
             ColSpec(Array("string"), "liked_items", required=False),

@@ -242,10 +242,10 @@ class TwoTowerTrainer:
         only full batches are fed (a short last batch could leave a replica empty, and all
         workers must run the same steps): training drops under one batch per epoch (reshuffled
         each epoch), validation picks a batch size near the configured one that leaves the
-        fewest rows out. Mirrored uses Keras' fit;
-        multi-worker uses a plain loop over `train_step`/`test_step`, because Keras 3's fit
-        fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Afterwards the
-        weights go into an undistributed copy of the model for export.
+        fewest rows out. Mirrored uses Keras' fit; multi-worker uses a plain loop over
+        `train_step`/`test_step`, because Keras 3's fit fails under MultiWorkerMirroredStrategy
+        (keras-team/keras#20585). Afterwards the weights go into an undistributed copy of the
+        model, so export (predict, save) runs outside the strategy on the chief alone.
         """
         from ml.distribute import global_batch_problem
 

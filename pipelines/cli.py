@@ -126,7 +126,7 @@ def _register_extensions() -> None:
     import importlib
 
     for name in ("pipelines.cli_evaluate", "pipelines.cli_server", "pipelines.cli_monitor",
-                 "pipelines.cli_registry", "pipelines.cli_serve", "pipelines.cli_tune"):
+                 "pipelines.cli_registry", "pipelines.cli_serve", "pipelines.cli_tune", "pipelines.cli_sync"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -60,7 +60,12 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
         try:
             promotion = registry.promote(version, "production", trigger="main", data=dataset,
                                          reason="main: gate passed")
-            out.update(production_version=promotion.version, deployment=str(promotion.deployment or ""))
+            deployment = promotion.deployment  # registry.deploy.DeployResult from the deploy hook, or None
+            out.update(production_version=promotion.version,
+                       deployment=deployment.describe() if hasattr(deployment, "describe") else str(deployment or ""))
+            if hasattr(deployment, "pointer_path"):
+                mlflow.set_tags({"towerops.deployment.version": deployment.version,
+                                 "towerops.deployment.storage": f"{deployment.backend} {deployment.prefix}"})
             log.info("main: %s", promotion.describe())
         except GateFailed as exc:
             out.update(production_version=registry.alias_version("production"))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -388,6 +387,10 @@ class VerificationError(StorageError):
     """An uploaded object does not match the local file (after one re-upload)."""
 
 
+class DeployDatabaseError(StorageError):
+    """Writing the model_versions table failed (the pointer was put back)."""
+
+
 # ------------------------------------------------------------------------ the deployer
 class SupabaseDeployer:
     """Deploys model bundles as `<model>/<vX.Y.Z>/` to the configured storage backend
@@ -464,18 +467,24 @@ class SupabaseDeployer:
         return digest.sha256
 
     # -------------------------------------------------------------- the upload set
-    def collect(self, model_dir: str | Path, extra_dirs: Mapping[str, str | Path] | None = None
-                ) -> dict[str, Path]:
-        """{relative path: local file} of what goes into the version folder."""
+    @staticmethod
+    def check_bundle(model_dir: str | Path) -> Path:
+        """The bundle folder, or FileNotFoundError naming what is missing."""
         root = Path(model_dir)
         if not (root / "metadata.json").is_file():
             raise FileNotFoundError(f"{root} is not a towerops model bundle (no metadata.json); pass the model_dir "
                                     "written by training (e.g. models/two_tower)")
-        extra = {k.strip("/"): Path(v) for k, v in (extra_dirs or {}).items()}
         missing = [r for r in REQUIRED if not (root / r.rstrip("/")).exists()]
         if missing:
             raise FileNotFoundError(f"{root} lacks {', '.join(missing)}; a deployment needs the Keras towers, their "
                                     "SavedModels, the preprocessing and the item embeddings (re-export the bundle)")
+        return root
+
+    def collect(self, model_dir: str | Path, extra_dirs: Mapping[str, str | Path] | None = None
+                ) -> dict[str, Path]:
+        """{relative path: local file} of what goes into the version folder."""
+        root = self.check_bundle(model_dir)
+        extra = {k.strip("/"): Path(v) for k, v in (extra_dirs or {}).items()}
         files: dict[str, Path] = {}
         for item in self.config.include:
             name = item.strip("/")
@@ -542,21 +551,16 @@ class SupabaseDeployer:
         return self.config.verify == "full" or size <= self.config.verify_download_max_mb * 1024 * 1024
 
     def _matches(self, key: str, digest: FileDigest, st: ObjectStat | None, deep: bool) -> bool:
-        """Whether the stored object is this file: size, recorded sha256 (or the MD5 ETag when no
-        sha256 was recorded), and, with `deep`, its downloaded content's sha256."""
+        """Whether the stored object is this file: its size, its recorded sha256, and, with
+        `deep` or when no sha256 was recorded, the sha256 of its downloaded content."""
         if st is None or st.size != digest.size:
             return False
         if st.sha256 is not None and st.sha256 != digest.sha256:
             return False
-        if st.sha256 is None:
-            if not deep and st.md5 is None:
-                return False
-            if st.md5 is not None and st.md5 != digest.md5:
-                return False
-        if deep and self.backend.kind != "local":  # local stat already hashed the file
-            got = self.backend.hash_object(key)
-            return got is not None and got.sha256 == digest.sha256
-        return True
+        if st.sha256 is not None and (not deep or self.backend.kind == "local"):  # local stat hashed the file
+            return True
+        got = self.backend.hash_object(key)
+        return got is not None and got.size == digest.size and got.sha256 == digest.sha256
 
     def remote_complete(self, version: str, model_name: str | None = None, deep: bool = False) -> dict | None:
         """The version folder's manifest when the folder is complete (every file present with
@@ -569,13 +573,9 @@ class SupabaseDeployer:
         bad: list[str] = []
 
         def check(rel: str, info: Mapping[str, Any]) -> None:
-            digest = FileDigest(int(info["size"]), str(info["sha256"]), "")
+            digest = FileDigest(int(info["size"]), str(info["sha256"]))
             st = self._call(f"stat {prefix}{rel}", lambda: self.backend.stat(prefix + rel))
-            ok = st is not None and st.size == digest.size and (st.sha256 in (None, digest.sha256))
-            if ok and (deep or st.sha256 is None):
-                got = self._call(f"hash {prefix}{rel}", lambda: self.backend.hash_object(prefix + rel))
-                ok = got is not None and got.sha256 == digest.sha256
-            if not ok:
+            if not self._call(f"check {prefix}{rel}", lambda: self._matches(prefix + rel, digest, st, deep)):
                 bad.append(rel)
 
         self._parallel([(lambda r=r, i=i: check(r, i)) for r, i in manifest["files"].items()])
@@ -589,8 +589,19 @@ class SupabaseDeployer:
         """Run jobs on the worker pool; the first exception cancels the rest and is raised."""
         if not jobs:
             return []
+        stop = threading.Event()
+
+        def guarded(job: Callable[[], Any]) -> Any:
+            if stop.is_set():  # another job failed: start nothing new
+                return None
+            try:
+                return job()
+            except BaseException:
+                stop.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-            futures = [pool.submit(j) for j in jobs]
+            futures = [pool.submit(guarded, j) for j in jobs]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()
@@ -622,6 +633,7 @@ class SupabaseDeployer:
         model_name = model_name or self.model_name
         version = version_folder(version)
         prefix = self.prefix(version, model_name)
+        self.check_bundle(model_dir)  # bad input fails before anything is touched
         self.preflight()
         result = result or DeployResult(model_name, version, self.backend.describe(), prefix)
         t0 = time.time()
@@ -677,9 +689,8 @@ class SupabaseDeployer:
             deep = self._deep(digest.size)
             st = self._call(f"stat {key}", lambda: self.backend.stat(key))
             # unchanged when size + recorded sha256 match (that pair was verified when uploaded);
-            # without a recorded sha256, small files are downloaded and hashed instead
-            trust = self.config.verify == "full" or (st is not None and st.sha256 is None and deep)
-            if self._call(f"check {key}", lambda: self._matches(key, digest, st, trust)):
+            # with verify: full the content is hashed again
+            if self._call(f"check {key}", lambda: self._matches(key, digest, st, self.config.verify == "full")):
                 with lock:
                     done[0] += 1
                     result.skipped += 1
@@ -738,17 +749,16 @@ class SupabaseDeployer:
         prefix = self.prefix(version, model_name)
         self.preflight()
         t0 = time.time()
-        if result is None:
-            result = DeployResult(model_name, version, self.backend.describe(), prefix, repointed_only=True,
-                                  manifest_path=prefix + MANIFEST)
         if manifest is None:
             manifest = self.remote_complete(version, model_name)
             if manifest is None:
                 raise FileNotFoundError(f"{prefix} is not a complete deployment in {self.backend.describe()}; "
                                         "deploy it first (towerops sync --version N, or towerops deploy)")
-            result.files = len(manifest.get("files", {})) + 1
-            result.total_bytes = int(manifest.get("total_bytes") or 0)
-            result.skipped = result.files
+        if result is None:  # re-pointing an already uploaded version
+            files = len(manifest.get("files", {})) + 1
+            result = DeployResult(model_name, version, self.backend.describe(), prefix, repointed_only=True,
+                                  manifest_path=prefix + MANIFEST, files=files, skipped=files,
+                                  total_bytes=int(manifest.get("total_bytes") or 0))
         result.registry_version = manifest.get("registry_version")
         lock = self.table.lock(model_name) if self.table is not None else None
         try:
@@ -786,10 +796,17 @@ class SupabaseDeployer:
                 if self.table is not None and not row_ok:
                     try:
                         self.table.activate(self._row(model_name, version, manifest, description))
-                    except Exception:
-                        log.error("model_versions switch failed; restoring the previous production pointer")
+                    except Exception as exc:
+                        log.error("model_versions switch failed (%s); restoring the previous production pointer",
+                                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                         self._restore_pointer(model_name, old)
-                        raise
+                        if isinstance(exc, ConnectionError):
+                            raise
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise DeployDatabaseError(
+                            f"switching the active row of {model_name} to {version} in {self.table.table} failed "
+                            f"({first}); production stays {result.previous or 'unset'} (pointer restored). Fix the "
+                            "database and re-run the sync") from None
                 result.activated = True
                 log.info("production of %s -> %s (was %s)%s", model_name, version, result.previous or "none",
                          f"; {self.table.table} row active" if self.table is not None else "")
@@ -797,6 +814,7 @@ class SupabaseDeployer:
             if lock is not None:
                 lock.close()
         result.pointer_path = self.pointer_key(model_name)
+        result.table = self.table.table if self.table is not None else None
         keep = {version, *([history[-2]] if self.config.rollback_enabled and len(history) > 1 else []), *protect}
         try:
             result.pruned = self.prune(model_name, keep)
@@ -963,12 +981,8 @@ def _default_model_name() -> str:
     try:
         from registry.gate import load_registry_config
 
-        return load_registry_config(None).model_name
+        default = Path("configs/registry.yaml")
+        return load_registry_config(default if default.is_file() else None).model_name
     except Exception:  # noqa: BLE001 - no registry config: the seed's default
         return "two_tower"
 
-
-def copy_bundle(src: str | Path, dst: str | Path) -> Path:
-    """Copy a bundle folder (tests and benchmarks stage bundles this way)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    return Path(dst)

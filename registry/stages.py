@@ -194,6 +194,12 @@ class ModelRegistry:
         if self.alias_version("staging") == version:
             self.client.delete_registered_model_alias(self.name, "staging")
 
+    def _prepare_deploy(self, version: str) -> None:
+        """Upload the version before any pointer moves (hooks with a `prepare` step)."""
+        prepare = getattr(self.deploy_hook, "prepare", None)
+        if prepare is not None:
+            prepare(self.name, version, self.version(version))
+
     def _deploy(self, result: PromotionResult) -> None:
         if self.deploy_hook is None or not result.changed or result.to_stage != "production":
             return
@@ -232,6 +238,7 @@ class ModelRegistry:
                         gate_passed=False, gate_result=result.gate.to_dict()))
                     result.audit_id = entry.id
                 else:
+                    self._prepare_deploy(version)
                     self._move_production(version, holder)
             elif stage == "staging":
                 self._set_stage_tag(version, "staging")
@@ -278,6 +285,7 @@ class ModelRegistry:
             if target == current:
                 raise ValueError(f"v{target} already holds production; nothing to roll back")
             mv = self.version(target)
+            self._prepare_deploy(target)
             self._move_production(target, current)
             entry = self.audit.record(conn, AuditEntry(
                 self.name, target, "rollback", to_stage="production", from_stage=mv.tags.get(STAGE_TAG),
@@ -305,7 +313,14 @@ class ModelRegistry:
         mv = self.version(alias_holder)
         gate = self.run_gate(alias_holder, audited, data)
         actor = "mlflow-ui"
+        deploy_error = None
         if gate.passed:
+            try:
+                self._prepare_deploy(alias_holder)
+            except Exception as exc:  # noqa: BLE001 - a version that can't be deployed can't hold production
+                deploy_error = f"deployment failed: {exc}"
+                log.error("v%s passed the gate but %s", alias_holder, deploy_error)
+        if gate.passed and deploy_error is None:
             self._set_stage_tag(alias_holder, "production")
             if audited:
                 self._set_stage_tag(audited, "archived")
@@ -325,8 +340,8 @@ class ModelRegistry:
             entry = self.audit.record(conn, AuditEntry(
                 self.name, alias_holder, "refused", to_stage="production", from_stage=mv.tags.get(STAGE_TAG),
                 previous_version=audited, semver=mv.tags.get("semver"), actor=actor,
-                reason="production alias set outside towerops; reverted", trigger=trigger, gate_passed=False,
-                gate_result=gate.to_dict()))
+                reason=f"production alias set outside towerops; reverted{'; ' + deploy_error if deploy_error else ''}",
+                trigger=trigger, gate_passed=gate.passed, gate_result=gate.to_dict()))
             result = PromotionResult(self.name, alias_holder, "refused", "production", mv.tags.get(STAGE_TAG), audited,
                                      mv.tags.get("semver"), gate=gate, changed=False, audit_id=entry.id)
             log.error("reverted production alias of %s from v%s to %s: %s", self.name, alias_holder,

@@ -77,6 +77,13 @@ class RegistryDeployHook:
 
         return check
 
+    def prepare(self, model_name: str, version: str, model_version: Any) -> DeployResult | None:
+        """Upload and verify the version's folder without moving the pointer. The registry calls
+        this before it moves the production alias, so a failed upload changes nothing."""
+        if not self.config.auto_deployment:
+            return None
+        return sync_registry_version(model_name, str(version), model_version, self.config, activate=False)
+
     def __call__(self, model_name: str, version: str, model_version: Any) -> DeployResult | None:
         """Deploy registry version `version` of `model_name` and make it production."""
         if not self.config.auto_deployment:
@@ -101,6 +108,10 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
     deployer = SupabaseDeployer(config, model_name=model_name)
     try:
         deployer.preflight()
+        action = "promote"
+        if stack is None:  # no audit trail: returning to the version before is the registry's rollback
+            history = (deployer.pointer(model_name) or {}).get("history") or []
+            action = "rollback" if len(history) > 1 and history[-2] == folder else "promote"
         existing = deployer.remote_complete(folder, model_name)
         same_source = existing is not None and str(existing.get("registry_version")) == str(version) and \
             existing.get("run_id") == getattr(model_version, "run_id", None)
@@ -112,8 +123,8 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
                                     registry_version=version, skipped=len(existing["files"]) + 1,
                                     files=len(existing["files"]) + 1, total_bytes=int(existing.get("total_bytes") or 0),
                                     manifest_path=deployer.prefix(folder) + "manifest.json")
-            return deployer.activate(folder, model_name, manifest=None, stack=stack, precondition=precondition,
-                                     action="promote")
+            return deployer.activate(folder, model_name, manifest=existing, stack=stack, precondition=precondition,
+                                     action=action)
         from ml.evaluation_run import resolve_model
 
         tmp = Path(tempfile.mkdtemp(prefix="towerops-sync-"))
@@ -122,8 +133,8 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
             return deployer.deploy_model(
                 bundle, folder, description=getattr(model_version, "description", None) or None,
                 model_name=model_name, registry_version=str(version), run_id=getattr(model_version, "run_id", None),
-                metrics=_metrics_from_tags(tags) or None, activate=activate, stack=stack, precondition=precondition,
-                source=f"models:/{model_name}/{version}")
+                metrics=_metrics_from_tags(tags) or None, activate=activate, action=action, stack=stack,
+                precondition=precondition, source=f"models:/{model_name}/{version}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:

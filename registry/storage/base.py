@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any, Callable, Iterable, TypeVar
 T = TypeVar("T")
 
 CHUNK = 1024 * 1024
-_MD5_ETAG = re.compile(r'^(?:W/)?"?([0-9a-f]{32})"?$')
 
 
 class StorageError(RuntimeError):
@@ -58,42 +56,34 @@ class ObjectStat:
     """What a backend knows about a stored object without downloading it.
 
     `sha256` comes from object metadata written at upload (S3 `x-amz-meta-sha256`,
-    Supabase user metadata) or from hashing (local folder); None when unknown.
-    `md5` is set only when the backend's ETag is a plain content MD5.
+    Supabase user metadata) or from hashing (local folder); None when unknown. The ETag is
+    kept for information only: multipart and SSE-KMS ETags are not content hashes.
     """
 
     key: str
     size: int
     sha256: str | None = None
     etag: str | None = None
-    md5: str | None = None
-
-    @staticmethod
-    def md5_from_etag(etag: str | None) -> str | None:
-        m = _MD5_ETAG.match(etag or "")
-        return m.group(1) if m else None
 
 
 @dataclass
 class FileDigest:
     size: int
     sha256: str
-    md5: str
 
 
 def digest_file(path: str | Path) -> FileDigest:
-    """sha256 and md5 of a file in one pass (md5 only to compare with S3-style ETags)."""
-    sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    """Size and sha256 of a file, read in 1 MiB chunks."""
+    sha, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             sha.update(chunk)
-            md5.update(chunk)
             size += len(chunk)
-    return FileDigest(size, sha.hexdigest(), md5.hexdigest())
+    return FileDigest(size, sha.hexdigest())
 
 
 def digest_bytes(data: bytes) -> FileDigest:
-    return FileDigest(len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest())
+    return FileDigest(len(data), hashlib.sha256(data).hexdigest())
 
 
 @dataclass

@@ -2,7 +2,8 @@
 `main` syncs to on a machine with no Supabase configured).
 
 Writes go to a temporary file in the same folder and are renamed into place, so a reader
-(or a sync killed midway) never sees half a file. `stat` hashes the file: the local
+(or a sync killed midway) never sees half a file (no fsync: atomic for readers, not made
+durable against power loss). `stat` hashes the file: the local
 backend always verifies content, not metadata.
 """
 
@@ -55,14 +56,14 @@ class LocalFolderBackend(StorageBackend):
             raise ValueError(f"object key {key!r} is not valid (empty or with '.'/'..' segments)")
         return self.base.joinpath(*parts)
 
-    def _atomic_write(self, dest: Path, writer) -> None:
+    def _atomic_write(self, dest: Path, write) -> None:
+        """`write(tmp_path)` then rename into place: readers see the old file or the new one."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dest.parent)
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; deployed files are for readers
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -70,14 +71,10 @@ class LocalFolderBackend(StorageBackend):
 
     def put_file(self, key: str, path: Path, digest: FileDigest, content_type: str,
                  cache_control: str | None = None) -> None:
-        def write(fh):
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, fh, 4 * 1024 * 1024)
-
-        self._atomic_write(self._path(key), write)
+        self._atomic_write(self._path(key), lambda tmp: shutil.copyfile(path, tmp))
 
     def put_bytes(self, key: str, data: bytes, content_type: str, cache_control: str | None = None) -> None:
-        self._atomic_write(self._path(key), lambda fh: fh.write(data))
+        self._atomic_write(self._path(key), lambda tmp: Path(tmp).write_bytes(data))
 
     def get_bytes(self, key: str) -> bytes | None:
         p = self._path(key)
@@ -88,7 +85,7 @@ class LocalFolderBackend(StorageBackend):
         if not p.is_file():
             return None
         d = digest_file(p)
-        return ObjectStat(key, d.size, d.sha256, etag=f'"{d.md5}"', md5=d.md5)
+        return ObjectStat(key, d.size, d.sha256)
 
     def hash_object(self, key: str) -> FileDigest | None:
         p = self._path(key)

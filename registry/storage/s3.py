@@ -5,8 +5,7 @@ Configuration comes from the environment (never from files in the repo):
 TOWEROPS_S3_ENDPOINT_URL (empty = AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION.
 
-Each object carries its sha256 as user metadata (`x-amz-meta-sha256`); single-part
-uploads also get their ETag compared with the content MD5. botocore's own retries are
+Each object carries its sha256 as user metadata (`x-amz-meta-sha256`). botocore's own retries are
 off so the deployer's backoff policy is the only one (and logs each retry).
 """
 
@@ -176,12 +175,11 @@ class S3Backend(StorageBackend):
     def hash_object(self, key: str) -> FileDigest | None:
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
-            sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
+            sha, size = hashlib.sha256(), 0
             for chunk in obj["Body"].iter_chunks(1024 * 1024):
                 sha.update(chunk)
-                md5.update(chunk)
                 size += len(chunk)
-            return FileDigest(size, sha.hexdigest(), md5.hexdigest())
+            return FileDigest(size, sha.hexdigest())
         except Exception as exc:  # noqa: BLE001
             if self._missing(exc):
                 return None
@@ -201,8 +199,7 @@ class S3Backend(StorageBackend):
                 raise
             raise mapped from None
         etag = head.get("ETag")
-        return ObjectStat(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("sha256"), etag,
-                          ObjectStat.md5_from_etag(etag))
+        return ObjectStat(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("sha256"), etag)
 
     def list(self, prefix: str) -> list[ObjectStat]:
         out: list[ObjectStat] = []
@@ -211,8 +208,7 @@ class S3Backend(StorageBackend):
         def run() -> None:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []) or []:
-                    out.append(ObjectStat(obj["Key"], int(obj["Size"]), None, obj.get("ETag"),
-                                          ObjectStat.md5_from_etag(obj.get("ETag"))))
+                    out.append(ObjectStat(obj["Key"], int(obj["Size"]), None, obj.get("ETag")))
 
         self._call("list", prefix, run)
         return out

@@ -50,6 +50,27 @@ def storage_base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}/"
 
 
+def _refuse_public_key(key: str) -> None:
+    """A public key (anon JWT, sb_publishable_...) cannot write a private bucket, and the server
+    would only answer 'Bucket not found' (row-level security hides it): say so up front."""
+    import base64
+
+    if key.startswith("sb_publishable_"):
+        raise StorageAuthError("SUPABASE_SERVICE_ROLE_KEY holds a publishable (public) key; use the project's "
+                               "secret / service-role key (Project Settings → API keys)")
+    parts = key.split(".")
+    if len(parts) != 3:
+        return  # not a JWT (e.g. sb_secret_...): the server decides
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return
+    role = payload.get("role") if isinstance(payload, dict) else None
+    if role and role != "service_role":
+        raise StorageAuthError(f"SUPABASE_SERVICE_ROLE_KEY holds a key with role {role!r}; deployments need the "
+                               "service-role key (Project Settings → API keys), which bypasses row-level security")
+
+
 class SupabaseStorageBackend(StorageBackend):
     """Objects in a Supabase Storage bucket via storage3's SyncStorageClient."""
 
@@ -76,6 +97,7 @@ class SupabaseStorageBackend(StorageBackend):
         if not self._key:
             raise ValueError("Supabase backend needs the service-role key in SUPABASE_SERVICE_ROLE_KEY "
                              "(Project Settings → API keys); it is read from the environment only")
+        _refuse_public_key(self._key)
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self._client: Any = None
         self._bucket_api: Any = None
@@ -221,7 +243,7 @@ class SupabaseStorageBackend(StorageBackend):
             except ValueError:
                 user_meta = {}
         etag = info.get("etag") or info.get("eTag")
-        return ObjectStat(key, int(size), (user_meta or {}).get("sha256"), etag, ObjectStat.md5_from_etag(etag))
+        return ObjectStat(key, int(size), (user_meta or {}).get("sha256"), etag)
 
     def _list_page(self, prefix: str, offset: int) -> list[dict]:
         return self._call("list", prefix, self.bucket_api.list, prefix,
@@ -247,7 +269,7 @@ class SupabaseStorageBackend(StorageBackend):
             else:
                 meta = entry.get("metadata") or {}
                 etag = meta.get("eTag")
-                out.append(ObjectStat(key, int(meta.get("size") or 0), None, etag, ObjectStat.md5_from_etag(etag)))
+                out.append(ObjectStat(key, int(meta.get("size") or 0), None, etag))
         return out
 
     def list_dirs(self, prefix: str) -> list[str]:
