@@ -85,7 +85,9 @@ def read_prediction_log(path: str | Path, start: Any = None, end: Any = None) ->
     ts = frame["ts"]
     numeric = pd.to_numeric(ts, errors="coerce")
     parsed = pd.to_datetime(ts.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
-    parsed = parsed.fillna(pd.to_datetime(numeric, unit="s", utc=True))
+    has_epoch = numeric.notna()
+    if has_epoch.any():  # convert only the numeric entries (NaN slots trip pandas' unit cast)
+        parsed[has_epoch] = pd.to_datetime(numeric[has_epoch], unit="s", utc=True)
     bad = parsed.isna()
     if bad.any():
         raise ValueError(f"{path}: {int(bad.sum())} line(s) have an unreadable ts, e.g. {ts[bad].iloc[0]!r}; "

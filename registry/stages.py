@@ -58,7 +58,8 @@ class PromotionResult:
     forced: bool = False
     changed: bool = True
     audit_id: int | None = None
-    deployment: Any = None
+    upload: Any = None          # the deploy hook's upload + verify, before the alias moved
+    deployment: Any = None      # the deploy hook's activation (pointer, table), after the audit commit
     timings: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -194,11 +195,10 @@ class ModelRegistry:
         if self.alias_version("staging") == version:
             self.client.delete_registered_model_alias(self.name, "staging")
 
-    def _prepare_deploy(self, version: str) -> None:
+    def _prepare_deploy(self, version: str) -> Any:
         """Upload the version before any pointer moves (hooks with a `prepare` step)."""
         prepare = getattr(self.deploy_hook, "prepare", None)
-        if prepare is not None:
-            prepare(self.name, version, self.version(version))
+        return prepare(self.name, version, self.version(version)) if prepare is not None else None
 
     def _deploy(self, result: PromotionResult) -> None:
         if self.deploy_hook is None or not result.changed or result.to_stage != "production":
@@ -238,7 +238,7 @@ class ModelRegistry:
                         gate_passed=False, gate_result=result.gate.to_dict()))
                     result.audit_id = entry.id
                 else:
-                    self._prepare_deploy(version)
+                    result.upload = self._prepare_deploy(version)
                     self._move_production(version, holder)
             elif stage == "staging":
                 self._set_stage_tag(version, "staging")
@@ -285,13 +285,13 @@ class ModelRegistry:
             if target == current:
                 raise ValueError(f"v{target} already holds production; nothing to roll back")
             mv = self.version(target)
-            self._prepare_deploy(target)
+            upload = self._prepare_deploy(target)
             self._move_production(target, current)
             entry = self.audit.record(conn, AuditEntry(
                 self.name, target, "rollback", to_stage="production", from_stage=mv.tags.get(STAGE_TAG),
                 previous_version=current, semver=mv.tags.get("semver"), actor=actor, reason=reason, trigger=trigger))
         result = PromotionResult(self.name, target, "rollback", "production", mv.tags.get(STAGE_TAG), current,
-                                 mv.tags.get("semver"), audit_id=entry.id)
+                                 mv.tags.get("semver"), audit_id=entry.id, upload=upload)
         log.warning("%s", result.describe())
         self._deploy(result)
         return result
@@ -314,9 +314,10 @@ class ModelRegistry:
         gate = self.run_gate(alias_holder, audited, data)
         actor = "mlflow-ui"
         deploy_error = None
+        upload = None
         if gate.passed:
             try:
-                self._prepare_deploy(alias_holder)
+                upload = self._prepare_deploy(alias_holder)
             except Exception as exc:  # noqa: BLE001 - a version that can't be deployed can't hold production
                 deploy_error = f"deployment failed: {exc}"
                 log.error("v%s passed the gate but %s", alias_holder, deploy_error)
@@ -330,7 +331,7 @@ class ModelRegistry:
                 reason="production alias set outside towerops", trigger=trigger, gate_passed=True,
                 gate_result=gate.to_dict()))
             result = PromotionResult(self.name, alias_holder, "promote", "production", mv.tags.get(STAGE_TAG), audited,
-                                     mv.tags.get("semver"), gate=gate, audit_id=entry.id)
+                                     mv.tags.get("semver"), gate=gate, audit_id=entry.id, upload=upload)
             log.info("accepted production alias set outside towerops: %s", result.describe())
         else:
             if audited:

@@ -131,9 +131,23 @@ def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
         conn.close()
 
 
+_MLFLOW_PROCESS_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI",
+                       "TOWEROPS_AUDIT_DB_URL")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_logs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOWEROPS_LOG_DIR", str(tmp_path_factory.getbasetemp() / "logs"))
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Logs under the session's tmp dir; MLflow state that in-process calls put in
+    os.environ (`mlflow.set_experiment` sets MLFLOW_EXPERIMENT_ID) does not leak into later tests."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("TOWEROPS_LOG_DIR", str(base / "logs"))
+    saved = {k: os.environ.get(k) for k in _MLFLOW_PROCESS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def wait_for_port(port: int, timeout: float = 60.0, host: str = "127.0.0.1") -> None:

@@ -16,6 +16,7 @@ def mlflow_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "TOWEROPS_LOG_DIR": str(tmp_path / "logs"),
+        "TOWEROPS_DEPLOY_DIR": str(tmp_path / "deployments"),
         "PATH": f"{Path(os.sys.executable).parent}:{env.get('PATH', '')}",
         "PYTHONPATH": f"{REPO_ROOT}:{env.get('PYTHONPATH', '')}",
     })

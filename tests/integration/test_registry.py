@@ -292,3 +292,26 @@ def test_two_concurrent_promotions_leave_one_production_and_all_audit_entries(en
     assert promotes[0].previous_version == loser                          # serialised: it saw the other
     stages = {v: reg.version(v).tags["stage"] for v in (v1, v2)}
     assert stages == {winner: "production", loser: "archived"}
+
+
+def test_failed_upload_moves_nothing(env) -> None:
+    """The deploy hook uploads and verifies before the alias moves; if that fails, nothing changed."""
+    calls: list = []
+
+    class BrokenStorage:
+        def prepare(self, name, version, mv):
+            raise ConnectionError("storage answered 503 five times")
+
+        def __call__(self, name, version, mv):
+            calls.append(version)
+
+    reg = _registry(env)
+    good1, good2 = _versions(reg, env, "good1", "good2")
+    reg.promote(good1, force=True, reason="setup", data=env["data"])
+    before = [e.id for e in reg.history(10)]
+    reg.deploy_hook = BrokenStorage()
+    with pytest.raises(ConnectionError, match="503"):
+        reg.promote(good2, data=env["data"])
+    assert reg.alias_version("production") == good1
+    assert reg.version(good2).tags["stage"] == "none" and reg.version(good1).tags["stage"] == "production"
+    assert [e.id for e in reg.history(10)] == before and calls == []

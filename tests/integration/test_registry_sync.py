@@ -143,7 +143,9 @@ def test_promote_deploys_rollback_repoints_and_sync_is_a_noop(registry_env) -> N
     base = registry_env["tmp"] / "deployments" / "model-artifacts" / name
 
     first = reg.promote(v1, force=True, reason="test", data=registry_env["data"])
-    assert first.deployment.activated and len(first.deployment.uploaded) > 10
+    # uploaded and verified before the alias moved; activated (pointer, row) after the audit commit
+    assert len(first.upload.uploaded) > 10 and not first.upload.activated
+    assert first.deployment.activated and first.deployment.uploaded == []
     pointer = json.loads((base / "production.json").read_text())
     assert (pointer["version"], pointer["registry_version"]) == ("v1.0.0", str(v1))
     manifest = json.loads((base / "v1.0.0" / "manifest.json").read_text())
