@@ -80,6 +80,9 @@ def train(
         result = train_run(data, config, parse_overrides(set_), model_dir=model_dir, run_name=run_name)
     except USER_ERRORS as exc:
         fail(exc)
+    if not result.run_id:
+        err.print("worker finished: the chief logged the MLflow run and wrote the bundle")
+        return
     err.print(f"run {result.run_id} FINISHED; model {result.model_uri}; bundle {result.model_dir}")
 
 
