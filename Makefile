@@ -13,10 +13,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install main test test-fast bench
-install: $(VENV)/.installed
+# @tensorflow/tfjs for the Node TF.js test (pure JS, pinned by the lock file; npm's cache makes reruns offline)
+TFJS_NODE := tests/integration/tfjs_node
+$(TFJS_NODE)/node_modules/.installed: $(TFJS_NODE)/package.json $(TFJS_NODE)/package-lock.json
+	cd $(TFJS_NODE) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	touch $@
 
-main: install
+.PHONY: install main test test-fast bench
+install: $(VENV)/.installed $(TFJS_NODE)/node_modules/.installed
+
+main: $(VENV)/.installed
 	mlflow run . -e main --env-manager local --experiment-name towerops
 
 test: install
