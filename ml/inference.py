@@ -579,12 +579,11 @@ def create_standard_inference_engine(model_dir: str | Path | None = None, model_
 
 
 def bundle_dir_from_uri(model_uri: str) -> Path:
-    """Download a logged recommender and return its bundle folder (the `model_dir` artifact)."""
-    import mlflow
+    """Download a logged recommender and return its bundle folder (the `model_dir` artifact,
+    wherever the pyfunc's MLmodel says it was stored)."""
+    from ml.evaluation_run import resolve_model
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    candidates = [local / "artifacts" / "model_dir", local / "model_dir", local]
-    return next((c for c in candidates if (c / "metadata.json").exists()), local)
+    return resolve_model(model_uri)
 
 
 # ---------------------------------------------------------------------------- pyfunc

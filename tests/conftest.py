@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,13 +19,9 @@ from typing import Iterator
 
 import pytest
 
+from tests_support import free_port, wait_for_port  # noqa: F401  (re-exported for tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _can_connect(dsn: str) -> bool:
@@ -148,17 +143,6 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def wait_for_port(port: int, timeout: float = 60.0, host: str = "127.0.0.1") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 # ----------------------------------------------------------------- tiny models

@@ -24,10 +24,8 @@ import requests
 from tests_support import REPO_ROOT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests_support import free_port  # noqa: E402
+
 
 
 # A fixed Fernet key for tests only (MLflow encrypts webhook secrets with it).
