@@ -28,8 +28,8 @@ def naive_seconds_per_user(model_dir: Path, dataset, sample: int, k: int = 100) 
     """The per-user loop a first implementation would write, timed on `sample` users."""
     import numpy as np
 
-    from ml.evaluation.evaluate import prepare_split
-    from ml.inference import RealtimeInferenceEngine
+    from ml.evaluation.protocol import prepare_split
+    from ml.inference.engine import RealtimeInferenceEngine
 
     engine = RealtimeInferenceEngine(model_dir)
     split = prepare_split(engine.bundle, dataset)
@@ -62,7 +62,7 @@ def main() -> None:
 
     from ml.data.synthetic import generate_synthetic
     from ml.evaluation.evaluate import evaluate_bundle
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
 
     t0 = time.perf_counter()
     synth = generate_synthetic(n_users=args.users, n_items=args.items, n_interactions=args.interactions, seed=0)

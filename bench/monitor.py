@@ -32,9 +32,9 @@ def main() -> None:
 
     import numpy as np
 
+    from ml.bundle.load import load_bundle
     from ml.data.synthetic import generate_synthetic
-    from ml.export import load_bundle
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
     from monitoring.config import load_monitoring_config
     from monitoring.prediction_log import read_prediction_log, write_prediction_log
     from monitoring.reference import build_reference

@@ -90,7 +90,7 @@ def main() -> None:
     os.environ["TOWEROPS_AUDIT_DB_URL"] = dsn
 
     from ml.data.synthetic import generate_synthetic, write_synthetic
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
     from registry.audit import AuditLog
     from registry.gate import GateConfig, RegistryConfig
     from registry.stages import ModelRegistry

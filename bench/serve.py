@@ -10,7 +10,7 @@ serving speed does not depend on model quality), cached under bench/results/.
     http         `mlflow models serve` of the logged pyfunc (prediction log on, sample 1.0),
                  one request per user over keep-alive, p50/p99 ms and the server's RSS, next to
                  a bare stdlib ThreadingHTTPServer doing the numpy brute force
-    batch        users/min of ml.batch.score_users (chunked float32 GEMM + argpartition,
+    batch        users/min of ml.inference.batch.scoring.score_users (chunked float32 GEMM + argpartition,
                  seen items masked) next to the bare GEMM + argpartition loop, same users;
                  ANN batch with its recall@10 against exact
 
@@ -47,7 +47,7 @@ def build_bundle(workdir: Path, items: int, users: int, interactions: int, dim: 
     if (out / "metadata.json").exists():
         return out
     from ml.data.synthetic import generate_synthetic
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
 
     data = generate_synthetic(n_users=users, n_items=items, n_interactions=interactions, seed=seed)
     config = {"model": {"user_embedding_dim": dim, "item_embedding_dim": dim, "hidden_units": [512, 256, 128],
@@ -71,7 +71,7 @@ def bare_topk(emb: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ in process
 def bench_in_process(bundle: Path, n_req: int, k: int, ann: bool, seed: int) -> dict:
-    from ml.inference import RealtimeInferenceEngine
+    from ml.inference.engine import RealtimeInferenceEngine
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -117,7 +117,7 @@ def bench_in_process(bundle: Path, n_req: int, k: int, ann: bool, seed: int) -> 
            "baseline_numpy_brute_force": pct(t_bare),
            "cold_user_exact": pct(cold)}
     if ann:
-        from ml.ann import build_bundle_index
+        from ml.inference.ann import build_bundle_index
 
         meta = build_bundle_index(bundle, n_queries=1000, k=k, seed=seed)
         annengine = RealtimeInferenceEngine(bundle, scoring="ann")
@@ -134,7 +134,7 @@ def bench_in_process(bundle: Path, n_req: int, k: int, ann: bool, seed: int) -> 
 
 def ann_sweep(engine, emb: np.ndarray, user_emb: np.ndarray, users: np.ndarray, k: int) -> list[dict]:
     """Recall@k (vs full brute force) and raw index latency for a range of nprobe."""
-    from ml.ann import exact_search
+    from ml.inference.ann import exact_search
 
     q = np.asarray(user_emb[users], dtype=np.float32)
     exact, _ = exact_search(emb, q, k)
@@ -255,7 +255,7 @@ def timed_requests(url: str, payloads: list[dict]) -> list[float]:
 def bench_http(bundle: Path, n_req: int, k: int, ann: bool, seed: int, tmp: Path) -> dict:
     import mlflow
 
-    from ml.tracking import log_recommender
+    from ml.tracking.training import log_recommender
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "TOWEROPS_LOG_DIR": str(tmp / "logs"),
            "TOWEROPS_PREDICTION_LOG": str(tmp / "predictions.jsonl"), "TOWEROPS_PREDICTION_LOG_SAMPLE": "1.0",
@@ -296,8 +296,8 @@ def bench_http(bundle: Path, n_req: int, k: int, ann: bool, seed: int, tmp: Path
 
 # ------------------------------------------------------------------ batch
 def bench_batch(bundle: Path, n_users: int, k: int, ann: bool, chunk: int) -> dict:
-    from ml.batch import score_users
-    from ml.inference import RealtimeInferenceEngine
+    from ml.inference.batch.scoring import score_users
+    from ml.inference.engine import RealtimeInferenceEngine
 
     engine = RealtimeInferenceEngine(bundle, scoring="exact")
     b = engine.bundle

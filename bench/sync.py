@@ -69,8 +69,9 @@ def size_of(root: Path) -> int:
 
 
 def run_deployer(backend, bundle: Path, workers: int) -> dict:
-    from registry.deploy import DeployConfig, SupabaseDeployer
-    from registry.storage import RetryPolicy
+    from registry.deploy.config import DeployConfig
+    from registry.deploy.deployer import SupabaseDeployer
+    from registry.deploy.storage import RetryPolicy
 
     cfg = DeployConfig(workers=workers, retry=RetryPolicy(attempts=3, backoff_s=0.2), max_versions=10)
     deployer = SupabaseDeployer(cfg, backend=backend, model_name="bench", use_table=False, progress=False)
@@ -89,9 +90,9 @@ def bench_s3(bundle: Path, workers: int) -> dict:
     import boto3
     from boto3.s3.transfer import TransferConfig
     from moto.server import ThreadedMotoServer
-
-    from registry.storage.s3 import S3Backend
     from tests_support import free_port
+
+    from registry.deploy.storage.s3 import S3Backend
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -118,9 +119,9 @@ def bench_s3(bundle: Path, workers: int) -> dict:
 
 def bench_supabase(bundle: Path, workers: int, tmp: Path) -> dict:
     import httpx
-
-    from registry.storage.supabase import SupabaseStorageBackend
     from support_storage_server import StorageServer
+
+    from registry.deploy.storage.supabase import SupabaseStorageBackend
 
     server = StorageServer(tmp / "storage-root").start()
     try:
@@ -148,7 +149,7 @@ def bench_supabase(bundle: Path, workers: int, tmp: Path) -> dict:
 
 
 def bench_local(bundle: Path, workers: int, tmp: Path) -> dict:
-    from registry.storage.local import LocalFolderBackend
+    from registry.deploy.storage.local import LocalFolderBackend
 
     t0 = time.perf_counter()
     for rel, path in files_of(bundle):

@@ -3,7 +3,7 @@
 
 Prints one JSON object. Same data, config and seed for both trainings; a short warm-up
 training first so TF start-up costs land on neither side. The tracked side is
-`ml.tracking.train_run` (params, per-epoch metrics, artifacts, the pyfunc model, all
+`ml.tracking.training.train_run` (params, per-epoch metrics, artifacts, the pyfunc model, all
 proxied through the server), the untracked side calls the trainer directly (it still
 writes the same model bundle to disk). Metric logging: 1,000 values in one log_batch
 vs `--one-by-one` single log_metric calls, both as seconds per 1,000 values.
@@ -103,20 +103,20 @@ def main() -> None:
     ap.add_argument("--one-by-one", type=int, default=300, help="single log_metric calls timed (scaled to 1,000)")
     args = ap.parse_args()
 
-    from ml.data.synthetic import generate_synthetic
     import mlflow  # noqa: F401 - imported up front: import time is neither side's tracking cost
 
-    import ml.training
+    import ml.training.trainer
     from ml.config import load_config
+    from ml.data.synthetic import generate_synthetic
     from pipelines.server import parse_dsn
 
     timer = FitTimer()
-    real_factory = ml.training.create_standard_trainer
+    real_factory = ml.training.trainer.create_standard_trainer
 
     def timed_trainer(model_dir, config=None, callbacks=()):  # noqa: ANN001, ANN202 - instrumentation only
         return real_factory(model_dir, config, callbacks=[*callbacks, timer.callback()])
 
-    ml.training.create_standard_trainer = timed_trainer  # train_run imports it from ml.training at call time
+    ml.training.trainer.create_standard_trainer = timed_trainer  # train_run imports it from ml.training.trainer at call time
 
     d = args.embedding_dim
     overrides = {"model.user_embedding_dim": d, "model.item_embedding_dim": d, "model.hidden_units": [2 * d, d],
@@ -148,7 +148,7 @@ def main() -> None:
             from mlflow import MlflowClient
             from mlflow.entities import Metric
 
-            from ml.tracking import train_run
+            from ml.tracking.training import train_run
 
             t0 = time.perf_counter()
             result = train_run(data.dataset, None, overrides, model_dir=tmp / "tracked", experiment="bench")

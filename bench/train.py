@@ -33,7 +33,7 @@ def bare_loop(x: dict, y, valid, cfg, epochs: int) -> list[float]:
     import numpy as np
     import tensorflow as tf
 
-    from ml.model import build_tower
+    from ml.model.towers import build_tower
 
     keras.utils.set_random_seed(0)
     m = cfg.model
@@ -91,7 +91,7 @@ def main() -> None:
     from ml.config import load_config
     from ml.data.loaders import load_folder
     from ml.data.synthetic import generate_synthetic, write_synthetic
-    from ml.training import TwoTowerTrainer
+    from ml.training.trainer import TwoTowerTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="towerops-bench-train-"))
     data = generate_synthetic(n_users=args.users, n_items=args.items, n_interactions=args.interactions, seed=0)

@@ -145,7 +145,7 @@ def apply_rollback_policy(alerts: Sequence[Alert], config: MonitoringConfig,
         return None
     if rollback is None:
         try:
-            from registry.stages import open_registry
+            from registry.service import open_registry
         except ImportError as exc:
             raise RuntimeError(
                 "rollback policy is enabled but registry.stages.open_registry is not available "

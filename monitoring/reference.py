@@ -33,8 +33,8 @@ import pandas as pd
 from ml.logs import get_logger
 
 if TYPE_CHECKING:
+    from ml.bundle.load import ModelBundle
     from ml.data.schema import Dataset
-    from ml.export import ModelBundle
 
 log = get_logger("monitoring")
 
@@ -243,7 +243,7 @@ def log_reference(run_id_or_active: str | None, bundle_dir: str | Path, dataset:
     import mlflow
     from mlflow import MlflowClient
 
-    from ml.export import load_bundle
+    from ml.bundle.load import load_bundle
 
     run_id = run_id_or_active
     if run_id is None:

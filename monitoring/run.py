@@ -49,7 +49,7 @@ def resolve_model(model: str | None, model_name: str = "two_tower", alias: str =
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from ml.tracking import ensure_tracking_uri
+    from ml.settings import ensure_tracking_uri
 
     ensure_tracking_uri()
     client = MlflowClient()
@@ -127,8 +127,7 @@ def compute_reports(reference, bundle, dataset=None, log_frame: pd.DataFrame | N
     reports need `log_frame` (prediction log); online quality needs outcomes (swipes)."""
     from monitoring import reports as R
     from monitoring.prediction_log import explode_recommendations
-    from monitoring.reference import (embed_dataset, embedding_frame, expected_like_rate, item_feature_frame,
-                                      top_k_frame, user_feature_frame)
+    from monitoring.reference import embed_dataset, embedding_frame, expected_like_rate, item_feature_frame, top_k_frame, user_feature_frame
 
     config = config or MonitoringConfig()
     meta = dict(metadata or {})
@@ -244,9 +243,9 @@ def monitor_run(
     prediction drift from what was served, latency and throughput."""
     import mlflow
 
+    from ml.bundle.load import load_bundle
     from ml.data.loaders import load_dataset
-    from ml.export import load_bundle
-    from ml.tracking import start_run
+    from ml.tracking.runs import start_run
     from monitoring.prediction_log import read_prediction_log
     from monitoring.reference import load_reference
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -67,14 +66,14 @@ def data_validate(source: str = typer.Argument(..., help="data folder or postgre
 @app.command("train")
 def train(
     data: str = typer.Option(..., help="data folder (CSV/Parquet) or postgresql:// DSN"),
-    config: Optional[Path] = typer.Option(Path("configs/training.json"), help="training config (JSON/YAML)"),
+    config: Path | None = typer.Option(Path("configs/training.json"), help="training config (JSON/YAML)"),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. --set training.epochs=5 (repeatable)"),
-    model_dir: Optional[Path] = typer.Option(None, help="where to write the model bundle (default: a temp folder)"),
+    model_dir: Path | None = typer.Option(None, help="where to write the model bundle (default: a temp folder)"),
     run_name: str = typer.Option("train", help="MLflow run name"),
 ) -> None:
     """Train the two-tower model in an MLflow run."""
     from ml.config import parse_overrides
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
 
     try:
         result = train_run(data, config, parse_overrides(set_), model_dir=model_dir, run_name=run_name)
@@ -90,7 +89,7 @@ def train(
 def main(
     users: int = typer.Option(1000), items: int = typer.Option(800), interactions: int = typer.Option(40000),
     seed: int = typer.Option(0), epochs: int = typer.Option(20),
-    config: Optional[Path] = typer.Option(Path("configs/training.json")),
+    config: Path | None = typer.Option(Path("configs/training.json")),
     set_: list[str] = typer.Option([], "--set"),
     data_dir: Path = typer.Option(Path("data/synthetic")),
     model_dir: Path = typer.Option(Path("models/two_tower")),
@@ -114,7 +113,7 @@ def recommend(
     top_k: int = typer.Option(10),
 ) -> None:
     """Top-k recommendations for a user from a local model bundle."""
-    from ml.inference import RealtimeInferenceEngine
+    from ml.inference.engine import RealtimeInferenceEngine
 
     try:
         recs = RealtimeInferenceEngine(model_dir).get_recommendations(user_id, top_k=top_k)

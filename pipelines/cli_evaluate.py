@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
-def _empty_to_none(value: Optional[str]) -> Optional[str]:
+def _empty_to_none(value: str | None) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
+def _float_or_none(value: str | None, name: str) -> float | None:
     value = _empty_to_none(value)
     if value is None:
         return None
@@ -44,10 +43,10 @@ def register(app: typer.Typer) -> None:
         n_bootstrap: int = typer.Option(1000, help="bootstrap resamples for --compare-to"),
         oracle: bool = typer.Option(True, help="score the synthetic generator's oracle when the data has one"),
         run_name: str = typer.Option("evaluate", help="MLflow run name"),
-        json_out: Optional[Path] = typer.Option(None, help="also write the flat metrics as JSON here"),
+        json_out: Path | None = typer.Option(None, help="also write the flat metrics as JSON here"),
     ) -> None:
         """Offline evaluation on the time-split held-out data, with baselines and segments, as an MLflow run."""
-        from ml.evaluation_run import evaluate_run
+        from ml.tracking.evaluation import evaluate_run
 
         try:
             result = evaluate_run(model, data, ks=ks, metrics=metrics, compare_to=_empty_to_none(compare_to),
@@ -84,7 +83,7 @@ def register(app: typer.Typer) -> None:
         run_name: str = typer.Option("compare", help="MLflow run name"),
     ) -> None:
         """Challenger vs champion: per-metric deltas with bootstrap CIs, table and plots, as an MLflow run."""
-        from ml.evaluation_run import compare_run
+        from ml.tracking.evaluation import compare_run
 
         try:
             result = compare_run(champion, challenger, data, ks=ks, metrics=metrics,
@@ -102,10 +101,10 @@ def register(app: typer.Typer) -> None:
     @ab_app.command("assign")
     def ab_assign(
         user: list[str] = typer.Option([], "--user", help="a user id (repeatable)"),
-        users: Optional[Path] = typer.Option(None, help="CSV/Parquet with a user_id column"),
+        users: Path | None = typer.Option(None, help="CSV/Parquet with a user_id column"),
         arms: str = typer.Option("control=50,treatment=50", help="arms and weights, e.g. control=90,treatment=10"),
         salt: str = typer.Option(..., help="experiment name; a new salt reshuffles users"),
-        out: Optional[Path] = typer.Option(None, help="write user_id,arm,bucket CSV here (default: stdout)"),
+        out: Path | None = typer.Option(None, help="write user_id,arm,bucket CSV here (default: stdout)"),
     ) -> None:
         """Deterministic arm for each user: sha256(salt:user_id), stable across restarts and machines."""
         from ml.data.loaders import read_table_file
@@ -143,7 +142,7 @@ def register(app: typer.Typer) -> None:
         min_per_arm: int = typer.Option(100, help="never decide with fewer swipes than this per arm"),
         unit: str = typer.Option("swipe", help="swipe (two-proportion z-test) or user (delta method, clustered)"),
         arms: str = typer.Option("", help="configured split, e.g. control=50,treatment=50, for a sample-ratio check"),
-        json_out: Optional[Path] = typer.Option(None, help="also write the result as JSON here"),
+        json_out: Path | None = typer.Option(None, help="also write the result as JSON here"),
     ) -> None:
         """Like rate per arm, lift, confidence interval, p-value; warns when the sample is too small to decide."""
         from ml.evaluation.abtest import analyze_outcomes, format_result, read_outcomes

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
-def _opt(value: Optional[str]) -> Optional[str]:
+def _opt(value: str | None) -> str | None:
     """MLproject passes empty strings for unset parameters."""
     return value if value not in (None, "", "None") else None
 
@@ -23,15 +22,15 @@ def register(app: typer.Typer) -> None:
 
     @monitor_app.command("run")
     def monitor_run_cmd(
-        data: Optional[str] = typer.Option(None, help="current window: data folder or postgresql:// DSN"),
+        data: str | None = typer.Option(None, help="current window: data folder or postgresql:// DSN"),
         query: list[str] = typer.Option([], help="with a DSN: TABLE=SELECT ... (repeatable)"),
-        prediction_log: Optional[str] = typer.Option(None, help="prediction log (JSON lines file or folder)"),
-        run_id: Optional[str] = typer.Option(None, help="training run of the model (default: models:/two_tower@production)"),
-        model_uri: Optional[str] = typer.Option(None, help="runs:/... or models:/name@alias of the model"),
-        config: Optional[Path] = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
-        workspace: Optional[str] = typer.Option("monitoring_workspace", help="Evidently workspace folder ('' = none)"),
-        start: Optional[str] = typer.Option(None, help="window start (inclusive, ISO 8601)"),
-        end: Optional[str] = typer.Option(None, help="window end (exclusive, ISO 8601)"),
+        prediction_log: str | None = typer.Option(None, help="prediction log (JSON lines file or folder)"),
+        run_id: str | None = typer.Option(None, help="training run of the model (default: models:/two_tower@production)"),
+        model_uri: str | None = typer.Option(None, help="runs:/... or models:/name@alias of the model"),
+        config: Path | None = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
+        workspace: str | None = typer.Option("monitoring_workspace", help="Evidently workspace folder ('' = none)"),
+        start: str | None = typer.Option(None, help="window start (inclusive, ISO 8601)"),
+        end: str | None = typer.Option(None, help="window end (exclusive, ISO 8601)"),
     ) -> None:
         """Compare a window with the production model's reference; exit 1 when an alert fires."""
         from monitoring.run import monitor_run
@@ -60,7 +59,7 @@ def register(app: typer.Typer) -> None:
     def monitor_reference_cmd(
         run_id: str = typer.Option(..., help="training run to attach the reference to"),
         data: str = typer.Option(..., help="the run's training data: folder or postgresql:// DSN"),
-        config: Optional[Path] = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
+        config: Path | None = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
     ) -> None:
         """Build and log `monitoring/reference/` on a training run (backfill)."""
         from ml.data.loaders import load_dataset

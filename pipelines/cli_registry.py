@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,8 +17,8 @@ CONFIG = typer.Option("configs/registry.yaml", "--config", help="registry config
 NAME = typer.Option(None, "--name", help="registered model name (default from config: two_tower)")
 
 
-def _open(config: str, name: Optional[str], deploy: bool = True):
-    from registry.stages import open_registry
+def _open(config: str, name: str | None, deploy: bool = True):
+    from registry.service import open_registry
 
     return open_registry(config, name=name, deploy=deploy)
 
@@ -36,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("register")
     def register_cmd(run_id: str = typer.Option(..., help="training run id"), config: str = CONFIG,
-                     name: Optional[str] = NAME, description: Optional[str] = typer.Option(None)) -> None:
+                     name: str | None = NAME, description: str | None = typer.Option(None)) -> None:
         """Register a training run's recommender as a new model version (semver + lineage tags)."""
         from pipelines.cli import fail
 
@@ -47,15 +46,15 @@ def register(app: typer.Typer) -> None:
         out.print(f"registered {mv.name} v{mv.version} as {mv.tags.get('semver')}")
 
     @app.command("promote")
-    def promote_cmd(version: Optional[str] = typer.Option(None, help="model version number"),
-                    run_id: Optional[str] = typer.Option(None, help="register this training run first, then promote it"),
+    def promote_cmd(version: str | None = typer.Option(None, help="model version number"),
+                    run_id: str | None = typer.Option(None, help="register this training run first, then promote it"),
                     stage: str = typer.Option("production", help="staging | production | archived"),
                     force: bool = typer.Option(False, help="override a failed gate (needs --reason)"),
-                    reason: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(
+                    reason: str | None = typer.Option(None), data: str | None = typer.Option(
                         None, help="evaluation data for the gate (default: the candidate's training data)"),
                     force_if: str = typer.Option("", hidden=True, help="'true' = --force (for MLproject)"),
                     trigger: str = typer.Option("cli", hidden=True), config: str = CONFIG,
-                    name: Optional[str] = NAME) -> None:
+                    name: str | None = NAME) -> None:
         """Move a version to a stage; production passes the gate first."""
         from pipelines.cli import fail
         from registry.stages import GateFailed
@@ -75,9 +74,9 @@ def register(app: typer.Typer) -> None:
         out.print(result.describe())
 
     @app.command("rollback")
-    def rollback_cmd(to_version: Optional[str] = typer.Option(None, help="version to return to (default: the one before)"),
-                     reason: Optional[str] = typer.Option(None), trigger: str = typer.Option("cli", hidden=True),
-                     config: str = CONFIG, name: Optional[str] = NAME) -> None:
+    def rollback_cmd(to_version: str | None = typer.Option(None, help="version to return to (default: the one before)"),
+                     reason: str | None = typer.Option(None), trigger: str = typer.Option("cli", hidden=True),
+                     config: str = CONFIG, name: str | None = NAME) -> None:
         """Return production to the version that held it before (twice: two steps back)."""
         from pipelines.cli import fail
 
@@ -89,7 +88,7 @@ def register(app: typer.Typer) -> None:
 
 
 @registry_app.command("status")
-def status_cmd(config: str = CONFIG, name: Optional[str] = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_cmd(config: str = CONFIG, name: str | None = NAME, as_json: bool = typer.Option(False, "--json")) -> None:
     """Versions with their semver, stage and aliases."""
     from pipelines.cli import fail
 
@@ -111,7 +110,7 @@ def status_cmd(config: str = CONFIG, name: Optional[str] = NAME, as_json: bool =
 
 
 @registry_app.command("history")
-def history_cmd(config: str = CONFIG, name: Optional[str] = NAME, limit: int = typer.Option(50),
+def history_cmd(config: str = CONFIG, name: str | None = NAME, limit: int = typer.Option(50),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """The audit trail: every stage change, who, when, why, gate result, trigger."""
     from pipelines.cli import fail
@@ -136,8 +135,8 @@ def history_cmd(config: str = CONFIG, name: Optional[str] = NAME, limit: int = t
 
 
 @registry_app.command("reconcile")
-def reconcile_cmd(config: str = CONFIG, name: Optional[str] = NAME,
-                  data: Optional[str] = typer.Option(None)) -> None:
+def reconcile_cmd(config: str = CONFIG, name: str | None = NAME,
+                  data: str | None = typer.Option(None)) -> None:
     """Apply the gate/audit/deploy to alias changes whose webhook never arrived."""
     from pipelines.cli import fail
 
@@ -157,7 +156,7 @@ def _secret() -> str:
 
 @webhooks_app.command("serve")
 def webhooks_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8765),
-                   config: str = CONFIG, name: Optional[str] = NAME) -> None:
+                   config: str = CONFIG, name: str | None = NAME) -> None:
     """Receive MLflow webhooks (secret from $TOWEROPS_WEBHOOK_SECRET)."""
     from pipelines.cli import fail
     from registry.webhooks import serve
@@ -170,7 +169,7 @@ def webhooks_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Opti
 
 @webhooks_app.command("register")
 def webhooks_register(url: str = typer.Option(..., help="public URL of `towerops webhooks serve`, .../webhooks/mlflow"),
-                      config: str = CONFIG, name: Optional[str] = NAME) -> None:
+                      config: str = CONFIG, name: str | None = NAME) -> None:
     """Register (or update) the MLflow webhook pointing at the receiver."""
     from pipelines.cli import fail
     from registry.webhooks import register_webhook

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,9 +14,9 @@ MODEL_URI_HELP = "logged model, e.g. models:/two_tower@production or runs:/<run_
 MODEL_HELP = "bundle folder or logged-model URI (anything with ':/', e.g. models:/two_tower@production)"
 
 
-def _bundle(model: Optional[str], model_dir: Optional[Path], model_uri: Optional[str]) -> tuple[Path, str | None]:
+def _bundle(model: str | None, model_dir: Path | None, model_uri: str | None) -> tuple[Path, str | None]:
     """The bundle folder from --model / --model-dir / --model-uri (exactly one), downloading a URI."""
-    from ml.inference import bundle_dir_from_uri
+    from ml.bundle.resolve import bundle_dir_from_uri
 
     given = [v for v in (model, str(model_dir) if model_dir else None, model_uri) if v]
     if len(given) != 1:
@@ -30,7 +29,7 @@ def _bundle(model: Optional[str], model_dir: Optional[Path], model_uri: Optional
         if not model_dir.exists():
             raise FileNotFoundError(f"--model-dir {model_dir} does not exist; pass the model_dir written by training")
         return model_dir, None
-    from ml.tracking import ensure_tracking_uri
+    from ml.settings import ensure_tracking_uri
 
     ensure_tracking_uri()
     return bundle_dir_from_uri(model_uri), model_uri
@@ -55,15 +54,15 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="interface to bind"),
         port: int = typer.Option(5001, help="TCP port"),
         workers: int = typer.Option(1, help="uvicorn worker processes (each holds the catalog in memory)"),
-        scoring: Optional[str] = typer.Option(None, help="exact, ann or auto (default: $TOWEROPS_SCORING or auto)"),
-        prediction_log: Optional[Path] = typer.Option(None, help="prediction log file (default: "
+        scoring: str | None = typer.Option(None, help="exact, ann or auto (default: $TOWEROPS_SCORING or auto)"),
+        prediction_log: Path | None = typer.Option(None, help="prediction log file (default: "
                                                                  "$TOWEROPS_PREDICTION_LOG or logs/predictions.jsonl)"),
-        sample: Optional[float] = typer.Option(None, help="fraction of requests written to the prediction log"),
+        sample: float | None = typer.Option(None, help="fraction of requests written to the prediction log"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the command instead of running it"),
     ) -> None:
         """Serve the registered recommender with `mlflow models serve` (prediction log tagged with its version)."""
-        from ml.inference import serve_command
-        from ml.tracking import ensure_tracking_uri
+        from ml.inference.serving import serve_command
+        from ml.settings import ensure_tracking_uri
 
         try:
             ensure_tracking_uri()
@@ -80,26 +79,27 @@ def register(app: typer.Typer) -> None:
 
     @app.command("batch-infer")
     def batch_infer(
-        model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-        model_dir: Optional[Path] = typer.Option(None, help="model bundle folder"),
-        model_uri: Optional[str] = typer.Option(None, help=MODEL_URI_HELP),
+        model: str | None = typer.Option(None, help=MODEL_HELP),
+        model_dir: Path | None = typer.Option(None, help="model bundle folder"),
+        model_uri: str | None = typer.Option(None, help=MODEL_URI_HELP),
         out: Path = typer.Option(Path("outputs/batch"), help="output folder (versions/<v>/, current -> newest)"),
         top_k: int = typer.Option(10, help="items per user"),
         chunk_size: int = typer.Option(1024, help="users scored per matrix product"),
         scoring: str = typer.Option("exact", help="exact (BLAS) or ann (the bundle's faiss index)"),
         exclude_seen: bool = typer.Option(True, "--exclude-seen/--include-seen", help="drop items users swiped"),
-        dsn: Optional[str] = typer.Option(None, envvar="TOWEROPS_BATCH_DSN",
+        dsn: str | None = typer.Option(None, envvar="TOWEROPS_BATCH_DSN",
                                           help="PostgreSQL DSN to publish to (env TOWEROPS_BATCH_DSN)"),
         table_prefix: str = typer.Option("towerops", help="PostgreSQL table/view name prefix"),
         schema: str = typer.Option("public", help="PostgreSQL schema"),
-        pgvector: Optional[bool] = typer.Option(None, "--pgvector/--no-pgvector",
+        pgvector: bool | None = typer.Option(None, "--pgvector/--no-pgvector",
                                                 help="force pgvector or float4[] (default: pgvector when available)"),
         keep_versions: int = typer.Option(2, help="versions kept (Parquet and PostgreSQL), the current included"),
-        track: Optional[bool] = typer.Option(None, "--track/--no-track",
+        track: bool | None = typer.Option(None, "--track/--no-track",
                                              help="log an MLflow run (default: only inside `mlflow run`)"),
     ) -> None:
         """Embeddings and top-K for every known user to Parquet (and PostgreSQL), switched atomically."""
-        from ml.batch import run_batch, run_batch_tracked
+        from ml.inference.batch.run import run_batch
+        from ml.tracking.batch import run_batch_tracked
 
         try:
             bundle, uri = _bundle(model, model_dir, model_uri)
@@ -119,13 +119,13 @@ def register(app: typer.Typer) -> None:
     @app.command("build-index")
     def build_index(
         model_dir: Path = typer.Option(..., help="model bundle folder to add ann/ to"),
-        factory: Optional[str] = typer.Option(None, help="faiss index factory (default IVF<~4*sqrt(n)>,Flat)"),
-        nprobe: Optional[int] = typer.Option(None, help="IVF lists probed per query (default nlist/4)"),
+        factory: str | None = typer.Option(None, help="faiss index factory (default IVF<~4*sqrt(n)>,Flat)"),
+        nprobe: int | None = typer.Option(None, help="IVF lists probed per query (default nlist/4)"),
         k: int = typer.Option(10, help="k of the recall@k measured against exact search"),
         queries: int = typer.Option(1000, help="user embeddings used as recall queries"),
     ) -> None:
         """Build the bundle's approximate index and measure its recall@k vs exact search."""
-        from ml.ann import build_bundle_index
+        from ml.inference.ann import build_bundle_index
 
         try:
             meta = build_bundle_index(model_dir, factory=factory, nprobe=nprobe, k=k, n_queries=queries)
@@ -135,13 +135,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export-tfjs")
     def export_tfjs_cmd(
-        model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-        model_dir: Optional[Path] = typer.Option(None, help="model bundle folder"),
-        model_uri: Optional[str] = typer.Option(None, help=MODEL_URI_HELP),
-        out: Optional[Path] = typer.Option(None, help="output folder (default: <bundle>/tfjs)"),
+        model: str | None = typer.Option(None, help=MODEL_HELP),
+        model_dir: Path | None = typer.Option(None, help="model bundle folder"),
+        model_uri: str | None = typer.Option(None, help=MODEL_URI_HELP),
+        out: Path | None = typer.Option(None, help="output folder (default: <bundle>/tfjs)"),
     ) -> None:
         """Export the user and item towers as TensorFlow.js layers models (model.json + shards)."""
-        from ml.tfjs import export_tfjs
+        from ml.inference.tfjs import export_tfjs
 
         try:
             bundle, uri = _bundle(model, model_dir, model_uri)

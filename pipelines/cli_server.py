@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,15 +19,15 @@ def register(app: typer.Typer) -> None:
     @server_app.callback(invoke_without_command=True)
     def server(
         ctx: typer.Context,
-        dsn: Optional[str] = typer.Option(None, "--dsn", "--backend-store-uri", help=DSN_HELP, show_default=False),
+        dsn: str | None = typer.Option(None, "--dsn", "--backend-store-uri", help=DSN_HELP, show_default=False),
         host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for the team network)"),
         port: int = typer.Option(5000, help="TCP port"),
         artifacts_destination: str = typer.Option(
             "mlartifacts", help="local folder or s3://bucket/prefix (S3 endpoint and keys from MLFLOW_S3_ENDPOINT_URL, "
                                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"),
-        workers: Optional[int] = typer.Option(None, help="server worker processes (MLflow's default: 4)"),
+        workers: int | None = typer.Option(None, help="server worker processes (MLflow's default: 4)"),
         auth: bool = typer.Option(False, "--auth", help="MLflow basic-auth (needs MLFLOW_AUTH_ADMIN_PASSWORD)"),
-        auth_dsn: Optional[str] = typer.Option(None, help="PostgreSQL DSN of the auth user store "
+        auth_dsn: str | None = typer.Option(None, help="PostgreSQL DSN of the auth user store "
                                                           "(env TOWEROPS_AUTH_DSN; default: database <db>_auth)"),
         allow_loopback_webhooks: bool = typer.Option(False, "--allow-loopback-webhooks",
                                                      help="let webhooks call http:// receivers on private/loopback IPs"),
@@ -57,7 +56,7 @@ def register(app: typer.Typer) -> None:
         exec_server(plan)
 
     @server_app.command("migrate")
-    def migrate(dsn: Optional[str] = typer.Option(None, "--dsn", "--backend-store-uri", help=DSN_HELP,
+    def migrate(dsn: str | None = typer.Option(None, "--dsn", "--backend-store-uri", help=DSN_HELP,
                                                   show_default=False)) -> None:
         """Apply MLflow's schema migrations (all in one transaction) and exit. Back up first."""
         from pipelines.server import check_postgres, migrate_tracking_db, parse_dsn, resolve_dsn

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,14 +12,14 @@ DEPLOY_CONFIG = typer.Option(None, "--config", help="deployment config (default:
                              "configs/deployment.yaml)")
 
 
-def _opt(value: Optional[str]) -> Optional[str]:
+def _opt(value: str | None) -> str | None:
     """MLproject passes empty strings for unset parameters."""
     return value if value not in (None, "", "None") else None
 
 
 def _errors() -> tuple[type[BaseException], ...]:
     from pipelines.cli import USER_ERRORS
-    from registry.storage import StorageError
+    from registry.deploy.storage import StorageError
 
     return (*USER_ERRORS, StorageError)
 
@@ -43,16 +42,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sync")
     def sync_cmd(
-        version: Optional[str] = typer.Option(None, help="upload this registry version (production unchanged)"),
+        version: str | None = typer.Option(None, help="upload this registry version (production unchanged)"),
         production: bool = typer.Option(False, "--production", help="make storage's production match the "
                                         "registry's production alias (the default)"),
-        config: Optional[str] = DEPLOY_CONFIG,
-        registry_config: Optional[str] = typer.Option("configs/registry.yaml", help="registry config"),
-        name: Optional[str] = typer.Option(None, help="registered model name (default from the registry config)"),
+        config: str | None = DEPLOY_CONFIG,
+        registry_config: str | None = typer.Option("configs/registry.yaml", help="registry config"),
+        name: str | None = typer.Option(None, help="registered model name (default from the registry config)"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Sync the registry to storage: re-runs upload nothing; an interrupted sync resumes."""
-        from registry.sync import sync
+        from registry.service import sync
 
         try:
             if _opt(version) and production:
@@ -66,15 +65,15 @@ def register(app: typer.Typer) -> None:
     def deploy_cmd(
         model_dir: Path = typer.Option(..., help="model bundle folder (written by training)"),
         version: str = typer.Option(..., help="semantic version of the folder, e.g. v1.2.0"),
-        description: Optional[str] = typer.Option(None, help="stored in the manifest and model_versions"),
-        model_name: Optional[str] = typer.Option(None, help="model folder name (default: the registry's model name)"),
+        description: str | None = typer.Option(None, help="stored in the manifest and model_versions"),
+        model_name: str | None = typer.Option(None, help="model folder name (default: the registry's model name)"),
         activate: bool = typer.Option(True, "--activate/--no-activate", help="make it production (default) or "
                                       "only upload and verify"),
-        config: Optional[str] = DEPLOY_CONFIG,
+        config: str | None = DEPLOY_CONFIG,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Deploy a bundle folder directly (no registry): upload, verify, move production."""
-        from registry.deploy import SupabaseDeployer
+        from registry.deploy.deployer import SupabaseDeployer
 
         try:
             deployer = SupabaseDeployer(_opt(config), model_name=_opt(model_name))
@@ -85,10 +84,10 @@ def register(app: typer.Typer) -> None:
         _show(result, as_json)
 
     @deployments_app.command("list")
-    def list_cmd(model_name: Optional[str] = typer.Option(None), config: Optional[str] = DEPLOY_CONFIG,
+    def list_cmd(model_name: str | None = typer.Option(None), config: str | None = DEPLOY_CONFIG,
                  as_json: bool = typer.Option(False, "--json")) -> None:
         """Version folders in storage; `*` marks production."""
-        from registry.deploy import SupabaseDeployer
+        from registry.deploy.deployer import SupabaseDeployer
 
         try:
             deployer = SupabaseDeployer(_opt(config), model_name=_opt(model_name))
@@ -105,12 +104,12 @@ def register(app: typer.Typer) -> None:
                        f"  {r['created_at'] or ''}")
 
     @deployments_app.command("rollback")
-    def rollback_cmd(to: Optional[str] = typer.Option(None, help="version folder to return to (default: the one "
+    def rollback_cmd(to: str | None = typer.Option(None, help="version folder to return to (default: the one "
                                                       "before)"),
-                     model_name: Optional[str] = typer.Option(None), config: Optional[str] = DEPLOY_CONFIG) -> None:
+                     model_name: str | None = typer.Option(None), config: str | None = DEPLOY_CONFIG) -> None:
         """Re-point storage's production without uploading (models outside the registry; for
         registered models use `towerops rollback`, which does this too)."""
-        from registry.deploy import SupabaseDeployer
+        from registry.deploy.deployer import SupabaseDeployer
 
         try:
             result = SupabaseDeployer(_opt(config), model_name=_opt(model_name)).rollback(_opt(to))

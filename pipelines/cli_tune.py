@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     def tune(
         data: str = typer.Option(..., help="data folder (CSV/Parquet) or postgresql:// DSN"),
         tuning: Path = typer.Option(Path("configs/tuning.yaml"), help="search space and study settings (YAML)"),
-        config: Optional[Path] = typer.Option(Path("configs/training.json"),
+        config: Path | None = typer.Option(Path("configs/training.json"),
                                               help="base training config each trial starts from"),
         set_: list[str] = typer.Option([], "--set", help="override the base config, e.g. --set training.epochs=30"),
         n_trials: str = typer.Option("", help="number of trials (default: the tuning file's n_trials)"),
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search hyperparameters with Optuna; each trial is a nested MLflow run; writes best_config.json."""
         from ml.config import parse_overrides
-        from ml.tuning import run_tuning
+        from ml.tracking.tuning import run_tuning
 
         try:
             result = run_tuning(data, tuning, config, parse_overrides(set_),

@@ -20,7 +20,8 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
     from ml.config import load_config
     from ml.data.loaders import load_folder
     from ml.data.synthetic import generate_synthetic, write_synthetic
-    from ml.tracking import guard_tracking_loss, start_run, train_run
+    from ml.tracking.runs import guard_tracking_loss, start_run
+    from ml.tracking.training import train_run
 
     load_config(config, overrides)  # fail on a bad config before anything is written
     out: dict[str, Any] = {}
@@ -40,7 +41,7 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
 
         log_reference(result.run_id, result.model_dir, dataset, load_monitoring_config().reference)
 
-        from ml.evaluation_run import evaluate_run
+        from ml.tracking.evaluation import evaluate_run
 
         evaluation = evaluate_run(result.model_dir, dataset, nested=True, synthetic=data, model_uri=result.model_uri)
         out.update(evaluate_run_id=evaluation.run_id,
@@ -50,7 +51,8 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
         log.info("main: evaluate run %s, %s", evaluation.run_id, out["evaluation"])
 
         # Register, then promote through the gate; the registry's deploy hook syncs production.
-        from registry.stages import GateFailed, open_registry
+        from registry.service import open_registry
+        from registry.stages import GateFailed
 
         registry = open_registry(registry_config)
         key_metrics = {k: v for k, v in evaluation.metrics.items()

@@ -9,7 +9,6 @@ path set the alias (towerops CLI, `mlflow run -e promote`, the MLflow UI via web
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -17,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 from ml.logs import get_logger
 from registry.audit import AuditEntry, AuditLog, default_actor
 from registry.gate import GateResult, RegistryConfig, check_gate
+from registry.metrics import EvaluationMetrics
 from registry.semver import SemVer, next_semver
 
 log = get_logger("deployment")
@@ -78,7 +78,7 @@ class ModelRegistry:
                  name: str | None = None) -> None:
         from mlflow import MlflowClient
 
-        from ml.tracking import ensure_tracking_uri
+        from ml.settings import ensure_tracking_uri
 
         ensure_tracking_uri()
         self.config = config or RegistryConfig()
@@ -368,61 +368,3 @@ class ModelRegistry:
             return None
         log.info("webhook: %s.%s %s@%s -> v%s", entity, action, self.name, data.get("alias"), data.get("version"))
         return self.reconcile(trigger=trigger)
-
-
-class EvaluationMetrics:
-    """Gate metrics: each version evaluated on the same data (the candidate's training data by
-    default), cached per (version, data)."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
-        self._cache: dict[tuple[str, str], dict[str, float]] = {}
-
-    def _data_source(self, candidate: str, data: Any) -> Any:
-        if data is not None:
-            return data
-        source = self.registry.version(candidate).tags.get("data_source", "")
-        if not source:
-            raise ValueError(f"v{candidate} records no training data source; pass --data for the gate's evaluation")
-        from pathlib import Path
-
-        p = Path(source)
-        return str(p.parent) if p.suffix in {".csv", ".parquet", ".gz"} else source
-
-    def __call__(self, versions: list[str], data: Any | None) -> dict[str, dict[str, float]]:
-        from ml.data.loaders import load_dataset
-        from ml.data.schema import Dataset
-        from ml.evaluation.evaluate import evaluate_bundle
-        from ml.evaluation_run import resolve_model
-
-        source = self._data_source(versions[0], data)
-        key = source if isinstance(source, str) else str(id(source))
-        dataset = None
-        out: dict[str, dict[str, float]] = {}
-        for v in versions:
-            if (v, key) not in self._cache:
-                if dataset is None:
-                    dataset = source if isinstance(source, Dataset) else load_dataset(str(source))
-                with tempfile.TemporaryDirectory(prefix="towerops-gate-") as tmp:
-                    bundle_dir = resolve_model(f"models:/{self.registry.name}/{v}", download_dir=tmp)
-                    ev = evaluate_bundle(bundle_dir, dataset, ks=self.registry.config.eval_ks, baselines=())
-                self._cache[(v, key)] = {k: float(x) for k, x in ev.metrics.items()}
-            out[v] = self._cache[(v, key)]
-        return out
-
-
-def open_registry(config_path: str | None = None, name: str | None = None, deploy: bool = True,
-                  audit_url: str | None = None) -> ModelRegistry:
-    """A registry from `configs/registry.yaml`-style config, with the configured deployment hook."""
-    from registry.gate import load_registry_config
-
-    config = load_registry_config(config_path)
-    hook = None
-    if deploy:
-        try:
-            from registry.sync import deploy_hook_from_env
-        except ImportError:  # deployment not configured in this build
-            deploy_hook_from_env = None
-        if deploy_hook_from_env is not None:
-            hook = deploy_hook_from_env()
-    return ModelRegistry(config=config, name=name, audit=AuditLog(audit_url), deploy_hook=hook)

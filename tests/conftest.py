@@ -12,13 +12,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from tests_support import free_port, wait_for_port  # noqa: F401  (re-exported for tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +171,7 @@ def tiny_synth():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_synth, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model bundle trained once per session on `tiny_synth` with TINY_CONFIG (no MLflow)."""
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
 
     out = tmp_path_factory.mktemp("tiny_model")
     create_standard_trainer(model_dir=out, config=TINY_CONFIG).train(dataset=tiny_synth.dataset)

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from registry.deploy import DeployConfig
-from registry.storage import RetryPolicy
+from registry.deploy.config import DeployConfig
+from registry.deploy.storage import RetryPolicy
 
 BUNDLE_FILES = {
     "metadata.json": None, "config.json": 64, "history.json": 32,

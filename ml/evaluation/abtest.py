@@ -68,7 +68,7 @@ def parse_arms(spec: str | Mapping[str, float] | None) -> dict[str, float]:
 
 def hash_unit(user_id: Any, salt: str = "") -> float:
     """SHA-256 of `salt:user_id` as a number in [0, 1) (first 8 bytes / 2**64)."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

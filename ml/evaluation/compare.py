@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from ml.evaluation.evaluate import SEGMENTS, Evaluation, evaluate_bundle, segment_masks
+from ml.evaluation.evaluate import Evaluation, evaluate_bundle
+from ml.evaluation.protocol import SEGMENTS, segment_masks
 from ml.logs import get_logger
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def compare_bundles(champion: str | Path, challenger: str | Path, dataset: "Data
                     validation_split: float | None = None, n_bootstrap: int = 1000, confidence: float = 0.95,
                     seed: int = 0) -> Comparison:
     """Evaluate two bundles on one split (the champion's validation_split unless given) and compare them."""
-    from ml.export import load_bundle
+    from ml.bundle.load import load_bundle
 
     champ = load_bundle(champion)
     chall = load_bundle(challenger)

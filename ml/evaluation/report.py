@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.evaluation.evaluate import SEGMENTS, Evaluation
+from ml.evaluation.evaluate import Evaluation
 from ml.evaluation.metrics import RANKING_METRICS, metric_key
+from ml.evaluation.protocol import SEGMENTS
 
 SYSTEM_COLOURS = {"model": "#1d3557", "popular": "#e76f51", "random": "#adb5bd", "oracle": "#2a9d8f"}
 

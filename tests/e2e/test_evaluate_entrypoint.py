@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests_support import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from tests_support import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,7 +26,7 @@ def test_sync_entry_point(tiny_synth, tmp_path, monkeypatch):
     import mlflow
 
     from ml.data.synthetic import write_synthetic
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
     from registry.audit import AuditLog
     from registry.gate import RegistryConfig
     from registry.stages import ModelRegistry

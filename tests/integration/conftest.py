@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,10 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
-
-from tests_support import REPO_ROOT
-
-
-from tests_support import free_port  # noqa: E402
-
-
+from tests_support import (
+    REPO_ROOT,
+    free_port,  # noqa: E402
+)
 
 # A fixed Fernet key for tests only (MLflow encrypts webhook secrets with it).
 TEST_WEBHOOK_KEY = "dG93ZXJvcHMtdGVzdC13ZWJob29rLWtleS0zMmJ5dGU="

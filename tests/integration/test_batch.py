@@ -11,9 +11,11 @@ import numpy as np
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
-
-from ml.batch import PublishLockTimeout, current_version, run_batch
 from tests_support import REPO_ROOT, mlflow_env
+
+from ml.inference.batch.parquet import current_version
+from ml.inference.batch.postgres import PublishLockTimeout
+from ml.inference.batch.run import run_batch
 
 pytestmark = pytest.mark.integration
 

@@ -57,7 +57,7 @@ def logged_model(tracking, tiny_synth, tmp_path_factory):
     """A training run with the pyfunc logged, registered as version 1 of 'eval-test' with alias 'champion'."""
     import mlflow
 
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
 
     overrides = {"model.user_embedding_dim": 32, "model.item_embedding_dim": 32, "model.hidden_units": [64, 32],
                  "training.epochs": 2, "training.batch_size": 128, "training.seed": 7, "features.text_dim": 16}
@@ -78,7 +78,7 @@ def _runs(client, step: str) -> list:
 def test_two_tower_beats_popularity_on_ndcg_at_10(tmp_path):
     from ml.data.synthetic import generate_synthetic
     from ml.evaluation.evaluate import evaluate_bundle
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
 
     synth = generate_synthetic(n_users=800, n_items=400, n_interactions=20000, seed=11)
     config = {"model": {"user_embedding_dim": 32, "item_embedding_dim": 32, "hidden_units": [64, 32],
@@ -97,8 +97,8 @@ def test_two_tower_beats_popularity_on_ndcg_at_10(tmp_path):
 
 def test_evaluation_protocol_uses_train_history_only(tiny_synth, tiny_model_dir):
     """Held-out = each user's latest 20%; train-seen items never appear in a user's top K."""
+    from ml.data.split import time_split_per_user
     from ml.evaluation.evaluate import evaluate_bundle
-    from ml.training import time_split_per_user
 
     ev = evaluate_bundle(tiny_model_dir, tiny_synth.dataset, ks="5,20", metrics="ndcg,coverage", synthetic=tiny_synth)
     split = ev.split
@@ -119,7 +119,7 @@ def test_evaluation_protocol_uses_train_history_only(tiny_synth, tiny_model_dir)
 
 
 def test_evaluate_run_logs_metrics_baselines_oracle_and_artifacts(tracking, data_dir, tiny_model_dir):
-    from ml.evaluation_run import evaluate_run
+    from ml.tracking.evaluation import evaluate_run
 
     result = evaluate_run(tiny_model_dir, data_dir, ks="10,50")
     run = tracking.get_run(result.run_id)
@@ -142,7 +142,7 @@ def test_evaluate_run_logs_metrics_baselines_oracle_and_artifacts(tracking, data
 
 
 def test_mlflow_uris_resolve_to_the_same_model(tracking, logged_model, data_dir):
-    from ml.evaluation_run import evaluate_run
+    from ml.tracking.evaluation import evaluate_run
 
     local = evaluate_run(logged_model.model_dir, data_dir, ks="10", metrics="ndcg")
     for uri in (f"runs:/{logged_model.run_id}/recommender", "models:/eval-test/1", "models:/eval-test@champion"):
@@ -171,7 +171,7 @@ def _bad_inputs(tiny_synth, tiny_model_dir, tmp_path):
 
 
 def test_bad_input_fails_clearly_and_leaves_no_run(tracking, tiny_synth, tiny_model_dir, tmp_path):
-    from ml.evaluation_run import evaluate_run
+    from ml.tracking.evaluation import evaluate_run
 
     before = len(_runs(tracking, "evaluate"))
     for change, exc_type, pattern in _bad_inputs(tiny_synth, tiny_model_dir, tmp_path):
@@ -182,7 +182,7 @@ def test_bad_input_fails_clearly_and_leaves_no_run(tracking, tiny_synth, tiny_mo
 
 
 def test_champion_beats_a_broken_challenger_with_confidence(tracking, tiny_synth, tiny_model_dir, tmp_path):
-    from ml.evaluation_run import compare_run, evaluate_run
+    from ml.tracking.evaluation import compare_run, evaluate_run
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)

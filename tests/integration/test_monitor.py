@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def bundle(tiny_model_dir):
-    from ml.export import load_bundle
+    from ml.bundle.load import load_bundle
 
     return load_bundle(tiny_model_dir)
 
@@ -95,7 +95,7 @@ def _training_run(model_dir):
     """A run that looks like train_run's: the pyfunc with the bundle, tagged with its URI."""
     import mlflow
 
-    from ml.tracking import log_recommender
+    from ml.tracking.training import log_recommender
 
     with mlflow.start_run(run_name="train") as run:
         info = log_recommender(model_dir)

@@ -14,7 +14,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 from tests_support import REPO_ROOT, free_port, mlflow_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,14 +28,14 @@ CONFIG = {
 
 
 def _ndcg_at_10(config_path: Path, data_dir: Path, bundle_dir: Path) -> float:
-    """NDCG@10 of a bundle's towers on the time-split validation likes (ml.tuning's objective)."""
+    """NDCG@10 of a bundle's towers on the time-split validation likes (the tuning objective, ml.evaluation.validation)."""
     import numpy as np
 
+    from ml.bundle.load import load_bundle
     from ml.config import load_config
     from ml.data.loaders import load_dataset
-    from ml.export import load_bundle
-    from ml.training import TwoTowerTrainer
-    from ml.tuning import ValidationRanking
+    from ml.evaluation.validation import ValidationRanking
+    from ml.training.trainer import TwoTowerTrainer
 
     trainer = TwoTowerTrainer(bundle_dir / "_eval", load_config(config_path))
     trainer.prepare(load_dataset(str(data_dir)))
@@ -111,7 +110,7 @@ def test_two_workers_match_one_process_and_only_the_chief_logs(tmp_path: Path) -
     # one process, same config and data (in this process, no MLflow)
     from ml.config import load_config
     from ml.data.loaders import load_dataset
-    from ml.training import create_standard_trainer
+    from ml.training.trainer import create_standard_trainer
 
     single = create_standard_trainer(tmp_path / "single", load_config(config))
     single.train(dataset=load_dataset(str(data)))
@@ -144,8 +143,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from ml.config import load_config
 from ml.data.loaders import load_dataset
-from ml.distribute import Distribution, DistributionPlan
-from ml.training import create_standard_trainer
+from ml.training.distribute import Distribution, DistributionPlan
+from ml.training.trainer import create_standard_trainer
 dist = Distribution(DistributionPlan("mirrored"), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
 cfg = load_config(sys.argv[1], {"training.distribute_strategy": "mirrored"})
 trainer = create_standard_trainer(sys.argv[3], cfg, distribution=dist)

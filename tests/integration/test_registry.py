@@ -10,14 +10,12 @@ import os
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import psycopg2
 import pytest
 import requests
-
-from tests_support import free_port, wait_for_port
 from integration.conftest import MlflowServer
+from tests_support import free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +28,7 @@ def env(pg_admin_dsn, tiny_synth, tmp_path_factory):
     import mlflow
 
     from ml.data.synthetic import write_synthetic
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
 
     tmp = tmp_path_factory.mktemp("registry")
     db = f"towerops_reg_{uuid.uuid4().hex[:8]}"

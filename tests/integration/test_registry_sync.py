@@ -10,7 +10,6 @@ import uuid
 
 import psycopg2
 import pytest
-
 from support_deploy import fast_config, make_bundle
 from tests_support import REPO_ROOT
 
@@ -44,8 +43,9 @@ def _active(dsn: str, model: str) -> list[tuple]:
 
 
 def test_model_versions_switch_is_atomic_and_a_failed_switch_restores_the_pointer(pg_dsn, tmp_path) -> None:
-    from registry.deploy import DeployDatabaseError, SupabaseDeployer
-    from registry.storage.local import LocalFolderBackend
+    from registry.deploy.deployer import SupabaseDeployer
+    from registry.deploy.storage.local import LocalFolderBackend
+    from registry.deploy.table import DeployDatabaseError
 
     backend = LocalFolderBackend(tmp_path / "store", "model-artifacts")
     d = SupabaseDeployer(fast_config(), backend=backend, model_name="tt", dsn=pg_dsn)
@@ -76,8 +76,8 @@ def test_model_versions_switch_is_atomic_and_a_failed_switch_restores_the_pointe
 
 
 def test_unreachable_database_fails_before_any_upload(tmp_path) -> None:
-    from registry.deploy import SupabaseDeployer
-    from registry.storage.local import LocalFolderBackend
+    from registry.deploy.deployer import SupabaseDeployer
+    from registry.deploy.storage.local import LocalFolderBackend
 
     backend = LocalFolderBackend(tmp_path / "store", "model-artifacts")
     dsn = "postgresql://deployer:s3cr3t-pw@127.0.0.1:1/nowhere"
@@ -95,7 +95,7 @@ def registry_env(pg_admin_dsn, tiny_synth, tmp_path_factory):
     import mlflow
 
     from ml.data.synthetic import write_synthetic
-    from ml.tracking import train_run
+    from ml.tracking.training import train_run
 
     tmp = tmp_path_factory.mktemp("registry_sync")
     dsn = _fresh_db(pg_admin_dsn)
@@ -132,8 +132,8 @@ def test_promote_deploys_rollback_repoints_and_sync_is_a_noop(registry_env) -> N
     from typer.testing import CliRunner
 
     from pipelines.cli import app
-    from registry.stages import open_registry
-    from registry.sync import RegistryDeployHook
+    from registry.deploy.hook import RegistryDeployHook
+    from registry.service import open_registry
 
     name = f"tt_{uuid.uuid4().hex[:6]}"
     cfg = str(REPO_ROOT / "configs" / "registry.yaml")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from tests_support import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

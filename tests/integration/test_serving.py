@@ -19,9 +19,9 @@ from typing import Iterator
 
 import pytest
 import requests
-
-from ml.inference import RealtimeInferenceEngine
 from tests_support import REPO_ROOT, mlflow_env
+
+from ml.inference.engine import RealtimeInferenceEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +29,8 @@ REGISTER = """
 import json, sys
 import mlflow
 from mlflow import MlflowClient
-from ml.tracking import log_recommender, start_run
+from ml.tracking.runs import start_run
+from ml.tracking.training import log_recommender
 with start_run(run_name="serve-test"):
     info = log_recommender(sys.argv[1], registered_model_name="two_tower")
 client = MlflowClient()

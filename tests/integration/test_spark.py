@@ -9,16 +9,17 @@ import sys
 
 import numpy as np
 import pytest
-
-from ml.inference import RealtimeInferenceEngine
 from tests_support import mlflow_env
+
+from ml.inference.engine import RealtimeInferenceEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOG_MODEL = """
 import json, sys
 import mlflow
-from ml.tracking import log_recommender, start_run
+from ml.tracking.runs import start_run
+from ml.tracking.training import log_recommender
 with start_run(run_name="spark-test"):
     info = log_recommender(sys.argv[1])
 print(json.dumps({"path": mlflow.artifacts.download_artifacts(info.model_uri)}))
@@ -56,7 +57,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_spark_udf_scores_users_like_the_engine(spark, tiny_model_dir, tmp_path) -> None:
-    from ml.batch import score_with_spark
+    from ml.inference.batch.spark import score_with_spark
 
     proc = subprocess.run([sys.executable, "-c", LOG_MODEL, str(tiny_model_dir)], cwd=tmp_path,
                           env=mlflow_env(tmp_path), capture_output=True, text=True, timeout=300)

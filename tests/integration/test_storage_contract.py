@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from support_deploy import DEPLOYED, fast_config, make_bundle
 from support_storage_server import StorageServer
 from tests_support import free_port
@@ -57,7 +56,7 @@ class Counting:
         return self.inner.put_bytes(key, *args, **kwargs)
 
     def put_if_changed(self, *args, **kwargs):  # route through our counting put_file
-        from registry.storage.base import StorageBackend
+        from registry.deploy.storage.base import StorageBackend
 
         return StorageBackend.put_if_changed(self, *args, **kwargs)
 
@@ -65,20 +64,20 @@ class Counting:
 def _make_backend(kind: str, tmp_path: Path, request) -> object:
     bucket = f"t-{uuid.uuid4().hex[:10]}"
     if kind == "local":
-        from registry.storage.local import LocalFolderBackend
+        from registry.deploy.storage.local import LocalFolderBackend
 
         return LocalFolderBackend(tmp_path / "store", bucket)
     if kind == "s3":
         import boto3
 
-        from registry.storage.s3 import S3Backend
+        from registry.deploy.storage.s3 import S3Backend
 
         url = request.getfixturevalue("moto_url")
         boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
                      aws_secret_access_key="testing").create_bucket(Bucket=bucket)
         return S3Backend(bucket, endpoint_url=url, region="us-east-1", access_key="testing", secret_key="testing",
                          multipart_threshold_mb=0.01, multipart_chunk_mb=5)
-    from registry.storage.supabase import SupabaseStorageBackend
+    from registry.deploy.storage.supabase import SupabaseStorageBackend
 
     server = request.getfixturevalue("storage_server")
     server.create_bucket(bucket)
@@ -93,7 +92,7 @@ def backend(request, tmp_path):
 
 
 def _file(tmp_path: Path, name: str, data: bytes):
-    from registry.storage.base import digest_file
+    from registry.deploy.storage.base import digest_file
 
     p = tmp_path / name
     p.write_bytes(data)
@@ -155,7 +154,7 @@ def test_delete_removes_objects_and_ignores_missing(backend) -> None:
 
 @pytest.mark.parametrize("kind", ["s3", "supabase"])
 def test_missing_bucket_fails_at_once_with_the_fix(kind, tmp_path, request) -> None:
-    from registry.storage import BucketNotFound
+    from registry.deploy.storage import BucketNotFound
 
     b = _make_backend(kind, tmp_path, request)
     b.bucket = "no-such-bucket-here"
@@ -167,7 +166,7 @@ def test_missing_bucket_fails_at_once_with_the_fix(kind, tmp_path, request) -> N
 
 # ------------------------------------------------------------------ the deployer on each backend
 def test_deploy_resync_rollback_and_retention(backend, tmp_path) -> None:
-    from registry.deploy import SupabaseDeployer
+    from registry.deploy.deployer import SupabaseDeployer
 
     counting = Counting(backend)
     deployer = SupabaseDeployer(fast_config(max_versions=2), backend=counting, model_name="tt", use_table=False)
@@ -204,7 +203,7 @@ def test_deploy_resync_rollback_and_retention(backend, tmp_path) -> None:
 
 def test_s3_multipart_upload_keeps_its_sha256_and_verifies(moto_url, tmp_path, request) -> None:
     """Above the multipart threshold the ETag is no content hash; the recorded sha256 is."""
-    from registry.storage.s3 import S3Backend
+    from registry.deploy.storage.s3 import S3Backend
 
     b = _make_backend("s3", tmp_path, request)
     b.multipart_threshold = b.multipart_chunk = 5 * 1024 * 1024           # S3's minimum part size

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support_deploy import DEPLOYED, fast_config, make_bundle
 from support_storage_server import StorageServer, make_jwt
 from tests_support import REPO_ROOT
@@ -32,7 +31,7 @@ def server(tmp_path):
 
 
 def _backend(server: StorageServer, bucket: str, key: str | None = None, via_gateway: bool = True):
-    from registry.storage.supabase import SupabaseStorageBackend
+    from registry.deploy.storage.supabase import SupabaseStorageBackend
 
     if via_gateway:
         return SupabaseStorageBackend(bucket, url=server.url, key=key or server.service_key)
@@ -40,7 +39,7 @@ def _backend(server: StorageServer, bucket: str, key: str | None = None, via_gat
 
 
 def _deployer(server, bucket, key=None, via_gateway=True, dsn=None, **cfg):
-    from registry.deploy import SupabaseDeployer
+    from registry.deploy.deployer import SupabaseDeployer
 
     return SupabaseDeployer(fast_config(storage_bucket=bucket, **cfg), backend=_backend(server, bucket, key, via_gateway),
                             model_name="tt", dsn=dsn, use_table=dsn is not None)
@@ -94,7 +93,7 @@ def test_injected_500s_and_503s_are_retried_and_the_deploy_completes(server, tmp
 
 
 def test_server_killed_midway_then_the_sync_resumes(server, tmp_path) -> None:
-    from registry.storage import TransientStorageError
+    from registry.deploy.storage import TransientStorageError
 
     bucket = "model-artifacts"
     server.create_bucket(bucket)
@@ -152,8 +151,8 @@ def test_client_killed_midway_then_the_sync_resumes(server, tmp_path) -> None:
 
 @pytest.mark.parametrize("how", ["unknown apikey at the gateway", "JWT signed with another secret", "anon key"])
 def test_wrong_key_fails_at_once_and_changes_nothing(server, tmp_path, pg_dsn, how, deploy_log) -> None:
-    from registry.deploy import ModelVersionsTable
-    from registry.storage import StorageAuthError
+    from registry.deploy.storage import StorageAuthError
+    from registry.deploy.table import ModelVersionsTable
 
     bucket = "model-artifacts"
     server.create_bucket(bucket)
@@ -182,7 +181,7 @@ def test_wrong_key_fails_at_once_and_changes_nothing(server, tmp_path, pg_dsn, h
 
 
 def test_object_too_large_fails_at_once_with_the_fix(server, tmp_path) -> None:
-    from registry.storage import ObjectTooLarge
+    from registry.deploy.storage import ObjectTooLarge
 
     bucket = "small-bucket"
     server.create_bucket(bucket, file_size_limit=5000)                    # item_embeddings.npy is 6000 bytes
@@ -194,7 +193,7 @@ def test_object_too_large_fails_at_once_with_the_fix(server, tmp_path) -> None:
 
 
 def test_missing_bucket_names_the_bucket_and_the_fix(server, tmp_path) -> None:
-    from registry.storage import BucketNotFound
+    from registry.deploy.storage import BucketNotFound
 
     with pytest.raises(BucketNotFound, match="'nope-bucket' does not exist.*New bucket"):
         _deployer(server, "nope-bucket").deploy_model(make_bundle(tmp_path / "b"), "v1.0.0")

@@ -8,10 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from ml.export import load_bundle
-from ml.tfjs import export_tfjs
 from tests_support import REPO_ROOT
+
+from ml.bundle.load import load_bundle
+from ml.inference.tfjs import export_tfjs
 
 pytestmark = pytest.mark.integration
 

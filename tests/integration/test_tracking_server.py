@@ -14,7 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 import requests
-
 from tests_support import REPO_ROOT
 
 pytestmark = pytest.mark.integration

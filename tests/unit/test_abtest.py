@@ -9,13 +9,20 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from tests_support import REPO_ROOT
 from typer.testing import CliRunner
 
 from ml.evaluation.abtest import (
-    analyze_outcomes, assign_arm, assign_users, hash_unit, normalise_outcomes, parse_arms, read_outcomes,
-    required_sample_per_arm, two_proportion_test,
+    analyze_outcomes,
+    assign_arm,
+    assign_users,
+    hash_unit,
+    normalise_outcomes,
+    parse_arms,
+    read_outcomes,
+    required_sample_per_arm,
+    two_proportion_test,
 )
-from tests_support import REPO_ROOT
 
 USERS = [f"u{i:05d}" for i in range(20000)]
 

@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from support_deploy import DEPLOYED, fast_config, make_bundle
 
 
 def _deployer(tmp_path: Path, backend=None, **cfg):
-    from registry.deploy import SupabaseDeployer
-    from registry.storage.local import LocalFolderBackend
+    from registry.deploy.deployer import SupabaseDeployer
+    from registry.deploy.storage.local import LocalFolderBackend
 
     backend = backend or LocalFolderBackend(tmp_path / "store", "model-artifacts")
     return SupabaseDeployer(fast_config(**cfg), backend=backend, model_name="tt", use_table=False)
@@ -66,7 +65,7 @@ class _DiesAfter:
     """A local backend whose process 'dies' (an exception no retry catches) after n uploads."""
 
     def __new__(cls, root: Path, n: int):
-        from registry.storage.local import LocalFolderBackend
+        from registry.deploy.storage.local import LocalFolderBackend
 
         class Dying(LocalFolderBackend):
             left = n
@@ -93,8 +92,8 @@ def test_an_interrupted_deploy_resumes_and_uploads_only_the_rest(tmp_path) -> No
 
 
 def test_a_transient_error_is_retried_then_a_persistent_one_stops_before_activation(tmp_path) -> None:
-    from registry.storage import TransientStorageError
-    from registry.storage.local import LocalFolderBackend
+    from registry.deploy.storage import TransientStorageError
+    from registry.deploy.storage.local import LocalFolderBackend
 
     class Flaky(LocalFolderBackend):
         failures = 2
@@ -192,7 +191,8 @@ def test_bad_bundles_name_what_is_missing(tmp_path) -> None:
 def test_config_errors_name_the_key_and_the_fix(tmp_path, raw, message) -> None:
     import yaml
 
-    from registry.deploy import SupabaseDeployer, load_deploy_config
+    from registry.deploy.config import load_deploy_config
+    from registry.deploy.deployer import SupabaseDeployer
 
     path = tmp_path / "deployment.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -205,8 +205,9 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, raw, message) -> None:
 
 
 def test_config_file_defaults_and_seed_format(tmp_path, monkeypatch) -> None:
-    from registry.deploy import load_deploy_config
     from tests_support import REPO_ROOT
+
+    from registry.deploy.config import load_deploy_config
 
     cfg = load_deploy_config(REPO_ROOT / "configs" / "deployment.yaml")
     assert (cfg.storage_bucket, cfg.model_table, cfg.auto_deployment, cfg.strategy, cfg.rollback_enabled,
@@ -220,8 +221,8 @@ def test_config_file_defaults_and_seed_format(tmp_path, monkeypatch) -> None:
 
 
 def test_deploy_hook_from_env_defaults_to_the_local_folder_and_respects_auto_deployment(tmp_path, monkeypatch) -> None:
-    from registry.storage import resolve_backend_kind
-    from registry.sync import RegistryDeployHook, deploy_hook_from_env
+    from registry.deploy.hook import RegistryDeployHook, deploy_hook_from_env
+    from registry.deploy.storage import resolve_backend_kind
 
     monkeypatch.chdir(tmp_path)
     for var in ("TOWEROPS_DEPLOY_CONFIG", "SUPABASE_URL", "TOWEROPS_SUPABASE_STORAGE_URL", "TOWEROPS_S3_ENDPOINT_URL",
@@ -237,7 +238,7 @@ def test_deploy_hook_from_env_defaults_to_the_local_folder_and_respects_auto_dep
 
 
 def test_supabase_backend_config_errors_are_clear(monkeypatch) -> None:
-    from registry.storage.supabase import SupabaseStorageBackend, storage_base_url
+    from registry.deploy.storage.supabase import SupabaseStorageBackend, storage_base_url
 
     assert storage_base_url("https://abc.supabase.co") == "https://abc.supabase.co/storage/v1/"
     assert storage_base_url("http://127.0.0.1:54321/storage/v1") == "http://127.0.0.1:54321/storage/v1/"
@@ -278,7 +279,7 @@ def test_cli_deploy_list_and_bad_input(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_a_trained_bundle_ships_its_tfjs_export(tiny_model_dir, tmp_path) -> None:
-    from ml.tfjs import load_layers_model_weights
+    from ml.inference.tfjs import load_layers_model_weights
 
     d = _deployer(tmp_path)
     result = d.deploy_model(tiny_model_dir, "v1.0.0")

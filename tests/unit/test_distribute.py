@@ -10,18 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import free_port
 from typer.testing import CliRunner
 
-from tests_support import free_port
 from ml.config import load_config
-from ml.distribute import (
-    DistributionError,
-    global_batch_problem,
-    is_chief,
-    parse_tf_config,
-    plan_distribution,
-    wait_for_cluster,
-)
+from ml.training.distribute import DistributionError, global_batch_problem, is_chief, parse_tf_config, plan_distribution, wait_for_cluster
 
 
 def _tf_config(workers: list[str], index: int = 0, task_type: str = "worker", chief: list[str] | None = None) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ml.config import FeatureConfig
-from ml.features import OOV, FeaturePipeline
+from ml.preprocessing.features import OOV, FeaturePipeline
 
 
 def _items() -> pd.DataFrame:

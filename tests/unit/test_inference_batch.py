@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ml.batch import current_version, run_batch
-from ml.inference import RealtimeInferenceEngine
+from ml.inference.batch.parquet import current_version
+from ml.inference.batch.run import run_batch
+from ml.inference.engine import RealtimeInferenceEngine
 
 
 def _same_ranking(batch_items, batch_scores, rt: list[dict]) -> None:
@@ -68,7 +69,7 @@ def test_failed_run_leaves_the_published_version_alone(tiny_model_dir, tmp_path)
 def test_ann_batch_with_every_list_probed_equals_exact(tiny_model_dir, tmp_path) -> None:
     import shutil
 
-    from ml.ann import build_bundle_index
+    from ml.inference.ann import build_bundle_index
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle)
@@ -84,7 +85,7 @@ def test_ann_batch_with_every_list_probed_equals_exact(tiny_model_dir, tmp_path)
 
 
 def test_faiss_and_numpy_backends_agree(tiny_model_dir) -> None:
-    from ml.batch import score_users
+    from ml.inference.batch.scoring import score_users
 
     engine = RealtimeInferenceEngine(tiny_model_dir)
     f = list(score_users(engine, 8, 50, backend="faiss"))
@@ -103,8 +104,8 @@ def test_ann_batch_always_fills_k_unseen_items(tiny_model_dir, tmp_path) -> None
     """With one of four lists probed the index often returns too few unseen items: those users get an exact scan."""
     import shutil
 
-    from ml.ann import build_bundle_index
-    from ml.batch import score_users
+    from ml.inference.ann import build_bundle_index
+    from ml.inference.batch.scoring import score_users
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.inference import (InferenceRequestError, NumpyTower, RealtimeInferenceEngine, UnsupportedTower,
-                          parse_top_k, read_keras_tower, top_k_indices)
+from ml.inference.engine import InferenceRequestError, RealtimeInferenceEngine, parse_top_k
+from ml.inference.scoring import top_k_indices
+from ml.inference.towers import NumpyTower, UnsupportedTower, read_keras_tower
 
 
 def test_numpy_towers_match_keras(tiny_model_dir) -> None:
@@ -73,7 +74,7 @@ def test_exact_engine_equals_numpy_brute_force(tiny_model_dir) -> None:
 def test_ann_engine_with_every_list_probed_equals_exact_and_recall_is_measured(tiny_model_dir, tmp_path) -> None:
     import shutil
 
-    from ml.ann import build_bundle_index, build_index, has_index, recall_at_k
+    from ml.inference.ann import build_bundle_index, build_index, has_index, recall_at_k
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle)
@@ -96,7 +97,7 @@ def test_ann_engine_with_every_list_probed_equals_exact_and_recall_is_measured(t
 def test_stale_ann_index_is_refused(tiny_model_dir, tmp_path) -> None:
     import shutil
 
-    from ml.ann import build_bundle_index, load_index
+    from ml.inference.ann import build_bundle_index, load_index
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle)
@@ -143,7 +144,7 @@ def _low_rank_catalog(n: int, d: int, hidden: int, seed: int = 0) -> np.ndarray:
 
 
 def test_rank_reduction_is_exact_for_projected_embeddings() -> None:
-    from ml.inference import reduce_rank
+    from ml.inference.scoring import reduce_rank
 
     emb = _low_rank_catalog(3000, 64, hidden=8)
     red = reduce_rank(emb)
@@ -179,7 +180,7 @@ def test_engine_scores_in_the_reduced_basis_with_the_same_answers(tiny_model_dir
 def test_ann_index_over_the_reduced_catalog(tiny_model_dir, tmp_path) -> None:
     import shutil
 
-    from ml.ann import build_bundle_index
+    from ml.inference.ann import build_bundle_index
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle)

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.inference import InferenceRequestError, RealtimeInferenceEngine, TwoTowerRecommender
-from ml.prediction_log import FIELDS, PredictionLogger, sample_rate_from_env
+from ml.inference.engine import InferenceRequestError, RealtimeInferenceEngine
+from ml.inference.prediction_log import FIELDS, PredictionLogger, sample_rate_from_env
+from ml.inference.pyfunc import TwoTowerRecommender
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ml.tfjs import export_tfjs, export_tower, load_layers_model_weights, run_layers_model
+from ml.inference.tfjs import export_tfjs, export_tower, load_layers_model_weights, run_layers_model
 
 # class names tfjs-layers 4.22 registers that this exporter may write
 TFJS_CLASSES = {"InputLayer", "Dense", "Dropout", "LayerNormalization", "Reshape", "Cropping2D"}
@@ -40,7 +40,7 @@ def test_export_layout_and_topology(tiny_model_dir, tmp_path) -> None:
 
 
 def test_exported_towers_compute_the_keras_embeddings(tiny_model_dir, tmp_path) -> None:
-    from ml.export import load_bundle
+    from ml.bundle.load import load_bundle
 
     b = load_bundle(tiny_model_dir)
     paths = export_tfjs(tiny_model_dir, tmp_path / "tfjs", shard_bytes=4096)  # many small shards

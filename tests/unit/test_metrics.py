@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from ml.evaluation.metrics import (
-    ALL_METRICS, auc, catalog_coverage, hits_from_csr, item_self_information, novelty, parse_ks, parse_metrics,
-    ranking_metrics, top_k_from_scores,
+    ALL_METRICS,
+    auc,
+    catalog_coverage,
+    hits_from_csr,
+    item_self_information,
+    novelty,
+    parse_ks,
+    parse_metrics,
+    ranking_metrics,
+    top_k_from_scores,
 )
 
 L2 = math.log2

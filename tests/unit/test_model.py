@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ml.config import ModelConfig
-from ml.model import TwoTowerModel, build_tower
+from ml.model.towers import build_tower
+from ml.model.two_tower import TwoTowerModel
 
 
 def _model(temperature: float = 1.0, bce_weight: float = 1.0, l2: float = 0.0) -> TwoTowerModel:

@@ -7,11 +7,9 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pandas as pd
 import pytest
 
-from monitoring.alerts import (Alert, WebhookDeliveryError, apply_rollback_policy, deliver_alerts, evaluate_alerts,
-                               log_alerts, post_webhook)
+from monitoring.alerts import Alert, WebhookDeliveryError, apply_rollback_policy, deliver_alerts, evaluate_alerts, log_alerts, post_webhook
 from monitoring.config import load_monitoring_config, parse_config
 from monitoring.prediction_log import performance_windows, read_prediction_log, write_prediction_log
 

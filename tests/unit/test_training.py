@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.export import load_bundle
-from ml.inference import InferenceRequestError, RealtimeInferenceEngine, create_standard_inference_engine
-from ml.training import create_standard_trainer, time_split_per_user
+from ml.bundle.load import load_bundle
+from ml.data.split import time_split_per_user
+from ml.inference.engine import InferenceRequestError, RealtimeInferenceEngine, create_standard_inference_engine
+from ml.training.trainer import create_standard_trainer
 
 
 def test_time_split_holds_out_each_users_latest() -> None:

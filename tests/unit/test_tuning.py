@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests_support import REPO_ROOT, mlflow_env
 from typer.testing import CliRunner
 
 from ml.config import config_from_dict, load_config
-from ml.tuning import apply_params, load_tuning_spec, tuning_spec_from_dict, validate_space
-from tests_support import REPO_ROOT, mlflow_env
+from ml.training.tuning import apply_params, load_tuning_spec, tuning_spec_from_dict, validate_space
 
 BASE = {
     "model": {"user_embedding_dim": 16, "item_embedding_dim": 16, "hidden_units": [32], "dropout_rate": 0.0,
@@ -184,7 +184,7 @@ def test_study_prunes_the_bad_trial_nests_runs_and_writes_best_config(tmp_path: 
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from ml.tuning import run_tuning
+    from ml.tracking.tuning import run_tuning
 
     tuning, base_path = _write(tmp_path, SPEC)
     db = tmp_path / "mlflow.db"

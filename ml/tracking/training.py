@@ -1,0 +1,189 @@
+"""Training as an MLflow run: params, per-epoch metrics, data fingerprint, artifacts,
+training curves and the pyfunc recommender.
+
+Everything that can fail on bad input (config, data) is checked before the run
+starts, so a bad call never leaves a FINISHED run behind; an exception inside the
+run marks it FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ml.logs import get_logger
+from ml.tracking.runs import guard_tracking_loss, mlflow_epoch_callback, start_run
+
+log = get_logger("training")
+ML_PACKAGE = Path(__file__).resolve().parents[1]  # the `ml` package, shipped with the pyfunc
+
+PYFUNC_NAME = "recommender"
+
+
+def plot_curves(history: Mapping[str, list[float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k.removeprefix("val_") for k in history})
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for key, style in ((name, "-"), (f"val_{name}", "--")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def pyfunc_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = []
+    for pkg in ("mlflow", "tensorflow", "keras", "pandas", "numpy", "scikit-learn", "scipy", "joblib", "h5py", "faiss-cpu"):
+        try:
+            pins.append(f"{pkg}=={version(pkg)}")
+        except Exception:  # noqa: BLE001
+            pins.append(pkg)
+    return pins
+
+
+def log_recommender(model_dir: str | Path, name: str = PYFUNC_NAME, registered_model_name: str | None = None):
+    """Log the bundle as an MLflow pyfunc that returns top-k items per user."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    from ml.inference.pyfunc import TwoTowerRecommender
+
+    signature = ModelSignature(
+        inputs=Schema([
+            ColSpec("string", "user_id", required=False),
+            # double, not long: MLflow cannot enforce an int column with a missing value, so a batch
+            # where only some rows set top_k would be refused; the pyfunc checks it is a whole number
+            ColSpec("double", "top_k", required=False),
+            ColSpec("boolean", "exclude_seen", required=False),
+            ColSpec(Array("string"), "candidate_items", required=False),
+            ColSpec(Array("string"), "liked_items", required=False),
+            ColSpec(Array("string"), "noped_items", required=False),
+        ]),
+        outputs=Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"),
+                        ColSpec("double", "score"), ColSpec("long", "rank")]),
+        # output: "rows" (one row per item) or "lists" (one row per request; spark_udf needs it)
+        params=ParamSchema([ParamSpec("top_k", "long", 10), ParamSpec("output", "string", "rows")]),
+    )
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=TwoTowerRecommender(),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(ML_PACKAGE)],
+        pip_requirements=pyfunc_requirements(),
+        signature=signature,
+        registered_model_name=registered_model_name,
+    )
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    model_dir: Path
+    history: dict[str, list[float]]
+    metrics: dict[str, float] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def train_run(
+    data: Any,
+    config_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    model_dir: str | Path | None = None,
+    run_name: str = "train",
+    nested: bool = False,
+    experiment: str | None = None,
+) -> TrainResult:
+    """Validate config and data, then train inside an MLflow run and log everything."""
+    import mlflow
+
+    from ml.config import load_config
+    from ml.data.fingerprint import dataset_fingerprint
+    from ml.data.loaders import load_dataset
+    from ml.data.schema import Dataset
+    from ml.training.distribute import global_batch_problem, plan_distribution, start_distribution
+    from ml.training.trainer import create_standard_trainer
+
+    config = load_config(config_path, overrides)  # bad config: error before any run
+    plan = plan_distribution(config)  # bad strategy or TF_CONFIG: same
+    dataset = data if isinstance(data, Dataset) else load_dataset(str(data))  # bad data: same
+    fingerprint = dataset_fingerprint(dataset)
+    distribution = start_distribution(plan)  # waits for the other workers; a missing one: error, no run
+    problem = global_batch_problem(config.training.batch_size, distribution.num_replicas)
+    if problem:
+        raise ValueError(problem)
+    if not distribution.is_chief:
+        return _train_worker(config, dataset, fingerprint, distribution, model_dir)
+    log.info("data %s: %s (sha256 %s)", dataset.sources.get("interactions", "?"), fingerprint["rows"], fingerprint["hash"][:12])
+    with guard_tracking_loss(start_run(run_name=run_name, experiment=experiment, nested=nested,
+                                       tags={"towerops.step": "train"})) as run:
+        run_id = run.info.run_id
+        out_dir = Path(model_dir) if model_dir else Path(tempfile.mkdtemp(prefix="towerops-model-"))
+        params: dict[str, Any] = {k: json.dumps(v) if isinstance(v, list) else v for k, v in config.flat_params().items()}
+        params.update({
+            "data.source": str(dataset.sources.get("interactions", "in-memory")),
+            "data.hash": fingerprint["hash"],
+            **{f"data.rows.{k}": v for k, v in fingerprint["rows"].items()},
+        })
+        mlflow.log_params(params)
+        mlflow.set_tags({"towerops.data_hash": fingerprint["hash"], "towerops.embedding_dim": str(config.embedding_dim),
+                         **distribution.tags()})
+        mlflow.log_dict(fingerprint, "data_fingerprint.json")
+        mlflow.log_dict(config.to_dict(), "config.json")
+
+        trainer = create_standard_trainer(model_dir=out_dir, config=config, callbacks=[mlflow_epoch_callback(run_id)],
+                                          distribution=distribution)
+        history = trainer.train(dataset=dataset, data_fingerprint=fingerprint)
+        metadata = json.loads((out_dir / "metadata.json").read_text())
+        mlflow.set_tag("towerops.feature_schema_hash", metadata["feature_schema_hash"])
+
+        best = {f"best_{k}": float(v) for k, v in metadata["final_metrics"].items()}
+        best["best_epoch"] = float(trainer.best_epoch if trainer.best_epoch is not None else -1)
+        best["epochs_run"] = float(metadata["epochs_run"])
+        mlflow.log_metrics(best)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(plot_curves(history, Path(tmp) / "training_curves.png")))
+        mlflow.log_artifact(str(out_dir / "history.json"))
+        mlflow.log_artifact(str(out_dir / "metadata.json"))
+        mlflow.log_artifacts(str(out_dir / "preprocessing"), "preprocessing")
+        mlflow.log_artifacts(str(out_dir / "keras"), "keras")
+        mlflow.log_artifacts(str(out_dir / "saved_model"), "saved_model")
+        info = log_recommender(out_dir)
+        mlflow.set_tag("towerops.model_uri", info.model_uri)
+        log.info("run %s finished: best epoch %s, model %s", run_id, trainer.best_epoch, info.model_uri)
+    return TrainResult(run_id=run_id, model_uri=info.model_uri, model_dir=out_dir, history=history, metrics=best,
+                       fingerprint=fingerprint)
+
+
+def _train_worker(config: Any, dataset: Any, fingerprint: dict[str, Any], distribution: Any,
+                  model_dir: str | Path | None) -> TrainResult:
+    """A non-chief worker of a multi-worker cluster: trains in step with the chief, logs no
+    MLflow run and writes no bundle (the trainer checkpoints to a temporary folder)."""
+    from ml.training.trainer import create_standard_trainer
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        log.warning("MLFLOW_RUN_ID is set on non-chief worker %s: that run gets nothing from this worker (start "
+                    "workers with `towerops train`, only the chief through `mlflow run`)", distribution.plan.describe())
+    trainer = create_standard_trainer(model_dir=model_dir or "models/two_tower", config=config,
+                                      distribution=distribution)
+    history = trainer.train(dataset=dataset, data_fingerprint=fingerprint)
+    log.info("worker %s finished; the chief logs the run and writes the bundle", distribution.plan.describe())
+    return TrainResult(run_id="", model_uri="", model_dir=trainer.model_dir, history=history, fingerprint=fingerprint)

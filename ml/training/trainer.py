@@ -1,0 +1,385 @@
+"""Training: time split per user, feature fitting, Keras fit with early stopping and
+best-weights checkpoints, then export of the model bundle.
+
+`training.distribute_strategy` picks a tf.distribute strategy (ml.training.distribute): the model is
+built and compiled under its scope and fed a tf.data pipeline batched to the global batch
+size; a non-chief worker checkpoints to a temporary folder and exports no bundle.
+
+`create_standard_trainer(model_dir, config).train(user_features=..., item_features=...,
+interactions=...)` is the seed's API; `ml.tracking.training.train_run` wraps it in an MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ml.config import TowerOpsConfig, config_from_dict
+from ml.data.schema import Dataset
+from ml.logs import get_logger
+
+if TYPE_CHECKING:
+    from ml.training.distribute import Distribution
+from ml.data.split import TimeSplit, time_split_per_user
+
+log = get_logger("training")
+
+@dataclass
+class PreparedData:
+    """Everything the fit and the export need, computed once."""
+
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    item_vectors: np.ndarray
+    profiles: np.ndarray
+    user_rows: np.ndarray
+    item_rows: np.ndarray
+    labels: np.ndarray
+    split: TimeSplit
+
+
+class EpochProgress:
+    """Keras callback: one line per epoch on the terminal and in logs/training.log."""
+
+    def __new__(cls, total_epochs: int):
+        import keras
+
+        class _Progress(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self._t0 = time.time()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._te = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
+                log.info("epoch %d/%d (%.1fs) %s", epoch + 1, total_epochs, time.time() - self._te, shown)
+
+        return _Progress()
+
+
+class TwoTowerTrainer:
+    """Fits the feature pipeline and the two-tower model and writes the model bundle."""
+
+    def __init__(self, model_dir: str | Path, config: TowerOpsConfig | Mapping[str, Any] | None = None,
+                 callbacks: Sequence[Any] = (), distribution: "Distribution | None" = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.config = config if isinstance(config, TowerOpsConfig) else config_from_dict(config or {})
+        self.callbacks = list(callbacks)
+        self.distribution = distribution  # created from config.training.distribute_strategy when None
+        self.model = None
+        self.pipeline = None
+        self.prepared: PreparedData | None = None
+        self.history: dict[str, list[float]] = {}
+        self.best_epoch: int | None = None
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, dataset: Dataset) -> PreparedData:
+        from ml.preprocessing.features import FeaturePipeline
+
+        cfg = self.config
+        self.pipeline = FeaturePipeline(config=cfg.features, seed=cfg.training.seed).fit(dataset.items, dataset.users)
+        item_ids = dataset.items["item_id"].to_numpy()
+        user_ids = dataset.users["user_id"].to_numpy()
+        item_index = pd.Index(item_ids)
+        user_index = pd.Index(user_ids)
+        inter = dataset.interactions
+        prepared = PreparedData(
+            item_ids=item_ids,
+            user_ids=user_ids,
+            item_vectors=self.pipeline.item_matrix(dataset.items),
+            profiles=self.pipeline.profile_matrix(dataset.users),
+            user_rows=user_index.get_indexer(inter["user_id"]).astype(np.int64),
+            item_rows=item_index.get_indexer(inter["item_id"]).astype(np.int64),
+            labels=inter["label"].to_numpy().astype(np.int64),
+            split=time_split_per_user(inter, cfg.training.validation_split),
+        )
+        if (prepared.user_rows < 0).any() or (prepared.item_rows < 0).any():
+            raise ValueError("interactions reference users or items missing from their tables; run validate_dataset first")
+        n_train_likes = int(prepared.labels[prepared.split.train].sum())
+        if n_train_likes == 0:
+            raise ValueError(
+                "the training split holds no likes (decision='like' or rating >= 0.5): the in-batch softmax "
+                "has no positives to learn from; check the interactions' decision/rating column"
+            )
+        self.prepared = prepared
+        log.info(
+            "prepared features: %d users, %d items, %d train / %d validation interactions, item_dim=%d user_dim=%d",
+            len(user_ids), len(item_ids), int(prepared.split.train.sum()), int(prepared.split.valid.sum()),
+            self.pipeline.item_dim, self.pipeline.user_dim,
+        )
+        return prepared
+
+    def training_arrays(self, p: PreparedData) -> tuple[dict, np.ndarray, tuple[dict, np.ndarray] | None]:
+        pl = self.pipeline
+        tr, va = p.split.train, p.split.valid
+        n_users = len(p.user_ids)
+        # log q(item): how often each item fills a batch slot (its share of training rows)
+        counts = np.bincount(p.item_rows[tr], minlength=len(p.item_ids)).astype(np.float64)
+        log_q = np.log(np.maximum(counts, 1.0) / max(int(tr.sum()), 1)).astype(np.float32)
+        x_train = {
+            "user_features": pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr],
+                                                           p.labels[tr], n_users),
+            "item_features": p.item_vectors[p.item_rows[tr]],
+            "user_index": p.user_rows[tr],
+            "item_index": p.item_rows[tr],
+            "item_log_q": log_q[p.item_rows[tr]],
+        }
+        y_train = p.labels[tr].astype(np.float32)
+        valid = None
+        if va.any():
+            history_users = pl.user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr], p.labels[tr], n_users)
+            x_val = {
+                "user_features": history_users[p.user_rows[va]],
+                "item_features": p.item_vectors[p.item_rows[va]],
+                "user_index": p.user_rows[va],
+                "item_index": p.item_rows[va],
+                "item_log_q": log_q[p.item_rows[va]],
+            }
+            valid = (x_val, p.labels[va].astype(np.float32))
+        return x_train, y_train, valid
+
+    # ----------------------------------------------------------------- train
+    def ensure_distribution(self) -> "Distribution":
+        """The strategy to train under: the one given, else the config's (TF_CONFIG checked here)."""
+        if self.distribution is None:
+            from ml.training.distribute import setup_distribution
+
+            self.distribution = setup_distribution(self.config)
+        return self.distribution
+
+    def build_model(self, strategy: Any | None = None):
+        """Build and compile the model; under `strategy.scope()` so its variables are mirrored."""
+        import keras
+
+        from ml.model.two_tower import TwoTowerModel
+
+        cfg = self.config
+        keras.utils.set_random_seed(cfg.training.seed)
+        with strategy.scope() if strategy is not None else nullcontext():
+            model = TwoTowerModel.from_config_object(cfg.model, self.pipeline.user_dim, self.pipeline.item_dim,
+                                                     bce_weight=cfg.training.bce_weight)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.training.learning_rate),
+                          jit_compile=cfg.training.jit_compile)
+        return model
+
+    def fit(self, x_train: dict, y_train: np.ndarray, valid: tuple[dict, np.ndarray] | None) -> dict[str, list[float]]:
+        import keras
+
+        cfg = self.config.training
+        dist = self.ensure_distribution()
+        self.model = self.build_model(dist.strategy if dist.distributed else None)
+        monitor = "val_loss" if valid is not None else "loss"
+        ckpt_dir = self.model_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True,
+                                          verbose=0),
+            keras.callbacks.ModelCheckpoint(str(ckpt_dir / "best.weights.h5"), monitor=monitor,
+                                            save_best_only=True, save_weights_only=True),
+            EpochProgress(cfg.epochs),
+            *self.callbacks,
+        ]
+        if dist.distributed:
+            self.history = self._fit_distributed(dist, x_train, y_train, valid, callbacks)
+        else:
+            batch_size = min(cfg.batch_size, len(y_train))
+            log.info("training %d epochs max, batch %d, %d examples", cfg.epochs, batch_size, len(y_train))
+            hist = self.model.fit(x_train, y_train, batch_size=batch_size, epochs=cfg.epochs, validation_data=valid,
+                                  shuffle=True, verbose=0, callbacks=callbacks)
+            self.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        series = self.history.get(monitor, [])
+        self.best_epoch = int(np.argmin(series)) if series else None
+        return self.history
+
+    def _fit_distributed(self, dist: "Distribution", x_train: dict, y_train: np.ndarray,
+                         valid: tuple[dict, np.ndarray] | None, callbacks: list) -> dict[str, list[float]]:
+        """Fit under a tf.distribute strategy on tf.data batches of the global batch size.
+
+        Every worker builds the same shuffled batches (same data, same seed); auto-shard
+        policy DATA hands each replica its slice of every global batch. With several replicas
+        only full batches are fed (a short last batch could leave a replica empty, and all
+        workers must run the same steps): training drops under one batch per epoch (reshuffled
+        each epoch), validation picks a batch size near the configured one that leaves the
+        fewest rows out. Mirrored uses Keras' fit; multi-worker uses a plain loop over
+        `train_step`/`test_step`, because Keras 3's fit fails under MultiWorkerMirroredStrategy
+        (keras-team/keras#20585). Afterwards the weights go into an undistributed copy of the
+        model, so export (predict, save) runs outside the strategy on the chief alone.
+        """
+        from ml.training.distribute import global_batch_problem
+
+        cfg = self.config.training
+        n_rep = dist.num_replicas
+        problem = global_batch_problem(cfg.batch_size, n_rep)
+        if problem:
+            raise ValueError(problem)
+        batch = _global_batch(cfg.batch_size, len(y_train), n_rep)
+        if batch < 2 * n_rep:
+            raise ValueError(f"{len(y_train)} training rows cannot fill a batch of 2 rows on each of {n_rep} replicas")
+        full_only = n_rep > 1
+        train_ds = _batched_dataset(x_train, y_train, batch, shuffle_seed=cfg.seed, drop_remainder=full_only)
+        val_ds = None
+        if valid is not None:
+            val_batch = _eval_batch(cfg.batch_size, len(valid[1]), n_rep)
+            if val_batch >= 2 * n_rep or (val_batch and not full_only):
+                val_ds = _batched_dataset(valid[0], valid[1], val_batch, shuffle_seed=None, drop_remainder=full_only)
+                dropped = len(valid[1]) % val_batch if full_only else 0
+                if dropped:
+                    log.info("validation: batches of %d, %d of %d rows left out to keep every replica's batch full",
+                             val_batch, dropped, len(valid[1]))
+            else:
+                log.warning("validation: %d rows are too few for %d replicas; training without validation",
+                            len(valid[1]), n_rep)
+        log.info("training %d epochs max under %s: %d replica(s), global batch %d (%d per replica), %d examples",
+                 cfg.epochs, dist.plan.describe(), n_rep, batch, batch // n_rep, len(y_train))
+        if dist.multi_worker:
+            history = _fit_loop(self.model, dist.strategy, train_ds, val_ds, cfg.epochs, callbacks)
+        else:
+            hist = self.model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, verbose=0, callbacks=callbacks)
+            history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        plain = self.build_model(None)
+        plain({k: v[:2] for k, v in x_train.items()}, training=False)  # build, so the bundle saves it whole
+        plain.set_weights(self.model.get_weights())
+        self.model = plain
+        return history
+
+    def train(
+        self,
+        user_features: pd.DataFrame | None = None,
+        item_features: pd.DataFrame | None = None,
+        interactions: pd.DataFrame | None = None,
+        dataset: Dataset | None = None,
+        data_fingerprint: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[float]]:
+        """Validate the data, fit, and write the model bundle to `model_dir`. Returns the Keras history."""
+        from ml.bundle.export import export_bundle
+        from ml.data.fingerprint import dataset_fingerprint
+        from ml.data.validation import validate_dataset
+
+        if dataset is None:
+            if user_features is None or item_features is None or interactions is None:
+                raise ValueError("pass user_features, item_features and interactions DataFrames, or dataset=")
+            dataset = validate_dataset(user_features, item_features, interactions,
+                                       {"users": "user_features", "items": "item_features", "interactions": "interactions"})
+        dist = self.ensure_distribution()
+        scratch = None
+        if not dist.is_chief:
+            scratch = Path(tempfile.mkdtemp(prefix="towerops-worker-"))
+            log.info("%s is not the chief: checkpoints go to %s, no bundle is written to %s",
+                     dist.plan.describe(), scratch, self.model_dir)
+            self.model_dir = scratch
+        try:
+            prepared = self.prepare(dataset)
+            x_train, y_train, valid = self.training_arrays(prepared)
+            history = self.fit(x_train, y_train, valid)
+            if dist.is_chief:
+                export_bundle(self, dataset, fingerprint=dict(data_fingerprint or dataset_fingerprint(dataset)))
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return history
+
+
+def create_standard_trainer(model_dir: str | Path = "models/two_tower",
+                            config: TowerOpsConfig | Mapping[str, Any] | None = None,
+                            callbacks: Sequence[Any] = (),
+                            distribution: "Distribution | None" = None) -> TwoTowerTrainer:
+    """The seed's entry point: a trainer with the standard architecture and the given overrides."""
+    return TwoTowerTrainer(model_dir=model_dir, config=config, callbacks=callbacks, distribution=distribution)
+
+
+def _global_batch(batch_size: int, n_rows: int, n_replicas: int) -> int:
+    """The configured global batch, capped at the rows there are, a multiple of the replicas."""
+    batch = min(batch_size, n_rows)
+    return batch - batch % n_replicas
+
+
+def _eval_batch(batch_size: int, n_rows: int, n_replicas: int) -> int:
+    """Validation batch: the configured one with one replica; with several, the multiple of
+    the replicas in [batch/2, batch] that leaves the fewest rows out of full batches."""
+    hi = _global_batch(batch_size, n_rows, n_replicas)
+    if n_replicas == 1 or hi <= 0:
+        return hi
+    lo = max(2 * n_replicas, hi // 2)
+    candidates = range(hi, lo - 1, -n_replicas)
+    return min(candidates, key=lambda b: (n_rows % b, -b), default=hi)
+
+
+def _batched_dataset(x: dict, y: np.ndarray, batch: int, shuffle_seed: int | None, drop_remainder: bool):
+    """Global batches of (x, y) as a tf.data pipeline that tf.distribute shards by DATA."""
+    import tensorflow as tf
+
+    n = len(y)
+    ds = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:  # same seed on every worker: the same batches everywhere
+        ds = ds.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
+    xs = {k: tf.constant(v) for k, v in x.items()}
+    ys = tf.constant(y)
+    ds = ds.batch(batch, drop_remainder=drop_remainder).map(
+        lambda idx: ({k: tf.gather(v, idx) for k, v in xs.items()}, tf.gather(ys, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_loop(model: Any, strategy: Any, train_ds: Any, val_ds: Any, epochs: int,
+              callbacks: list) -> dict[str, list[float]]:
+    """`model.fit` for MultiWorkerMirroredStrategy: Keras' own train/test steps under
+    `strategy.run`, metrics read (and all-reduced) at epoch end, the usual epoch callbacks."""
+    import keras
+    import tensorflow as tf
+
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    train_dist = strategy.experimental_distribute_dataset(train_ds)
+    val_dist = strategy.experimental_distribute_dataset(val_ds) if val_ds is not None else None
+
+    @tf.function
+    def train_step(batch):
+        strategy.run(model.train_step, args=(batch,))
+
+    @tf.function
+    def test_step(batch):
+        strategy.run(model.test_step, args=(batch,))
+
+    def results(prefix: str = "") -> dict[str, float]:
+        return {prefix + k: float(v) for k, v in model.get_metrics_result().items()}
+
+    cb = keras.callbacks.CallbackList(callbacks, model=model)
+    history: dict[str, list[float]] = {}
+    model.stop_training = False
+    logs: dict[str, float] = {}
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        model.reset_metrics()
+        for batch in train_dist:
+            train_step(batch)
+        logs = results()
+        if val_dist is not None:
+            model.reset_metrics()
+            for batch in val_dist:
+                test_step(batch)
+            logs.update(results("val_"))
+        cb.on_epoch_end(epoch, logs)
+        for k, v in logs.items():
+            history.setdefault(k, []).append(float(v))
+        if model.stop_training:
+            break
+    cb.on_train_end(logs)
+    return history
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_examples / batch_size))
