@@ -14,21 +14,26 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # @tensorflow/tfjs for the Node TF.js test (pure JS, pinned by the lock file; npm's cache makes reruns offline)
-TFJS_NODE := tests/integration/tfjs_node
+TFJS_NODE := tests/ml/inference/tfjs_node
 $(TFJS_NODE)/node_modules/.installed: $(TFJS_NODE)/package.json $(TFJS_NODE)/package-lock.json
 	cd $(TFJS_NODE) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 	touch $@
 
-.PHONY: install main test test-fast bench
+.PHONY: install lint main test test-fast bench
 install: $(VENV)/.installed $(TFJS_NODE)/node_modules/.installed
 
 main: $(VENV)/.installed
 	mlflow run . -e main --env-manager local --experiment-name towerops
 
-test: install
+# ruff (lint + import order) and the import-linter contracts (layers, no cycles): fail fast
+lint: $(VENV)/.installed
+	ruff check .
+	lint-imports
+
+test: install lint
 	python -m pytest tests
 
-test-fast: install
+test-fast: install lint
 	python -m pytest tests -m "not slow"
 
 bench: install

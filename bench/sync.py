@@ -3,7 +3,7 @@ unchanged, against a baseline measured in the same run on the same bytes and ser
 
 Backends (all on loopback): S3 through boto3 on moto's standalone server (baseline: raw
 boto3 `upload_file` of each file, same thread count), Supabase Storage's REST API on the
-test server in tests/support_storage_server.py (baseline: raw multipart HTTP POSTs with
+test server in tests/support/storage_server.py (baseline: raw multipart HTTP POSTs with
 httpx, same thread count), and the local folder (baseline: shutil.copy2). The deployer's
 extra work is sha256 hashing, a stat before and after each upload, the manifest and the
 pointer; the no-op re-sync is one stat per file plus reading the manifest and pointer.
@@ -90,7 +90,7 @@ def bench_s3(bundle: Path, workers: int) -> dict:
     import boto3
     from boto3.s3.transfer import TransferConfig
     from moto.server import ThreadedMotoServer
-    from tests_support import free_port
+    from support.helpers import free_port
 
     from registry.deploy.storage.s3 import S3Backend
 
@@ -119,7 +119,7 @@ def bench_s3(bundle: Path, workers: int) -> dict:
 
 def bench_supabase(bundle: Path, workers: int, tmp: Path) -> dict:
     import httpx
-    from support_storage_server import StorageServer
+    from support.storage_server import StorageServer
 
     from registry.deploy.storage.supabase import SupabaseStorageBackend
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from tests_support import free_port, wait_for_port  # noqa: F401  (re-exported for tests)
+from support.helpers import free_port, wait_for_port  # noqa: F401  (re-exported for tests)
+
+pytest_plugins = ["support.servers"]  # mlflow server and loopback-server fixtures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 import requests
-from tests_support import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, mlflow_env
 
 from ml.inference.engine import RealtimeInferenceEngine
 

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 
 import pytest
-from tests_support import REPO_ROOT, free_port, mlflow_env
+from support.helpers import REPO_ROOT, free_port, mlflow_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests_support import REPO_ROOT
+from support.helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests_support import free_port
+from support.helpers import free_port
 from typer.testing import CliRunner
 
 from ml.config import load_config

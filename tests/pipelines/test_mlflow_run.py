@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests_support import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, mlflow_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,14 +8,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from tests_support import REPO_ROOT
+from support.helpers import REPO_ROOT
 
 from ml.bundle.load import load_bundle
 from ml.inference.tfjs import export_tfjs
 
 pytestmark = pytest.mark.integration
 
-NODE_DIR = REPO_ROOT / "tests" / "integration" / "tfjs_node"
+NODE_DIR = REPO_ROOT / "tests" / "ml" / "inference" / "tfjs_node"
 
 
 def _node() -> str:

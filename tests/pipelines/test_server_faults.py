@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests_support import REPO_ROOT
+from support.helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

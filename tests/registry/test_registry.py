@@ -14,8 +14,8 @@ import uuid
 import psycopg2
 import pytest
 import requests
-from integration.conftest import MlflowServer
-from tests_support import free_port, wait_for_port
+from support.helpers import free_port, wait_for_port
+from support.servers import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

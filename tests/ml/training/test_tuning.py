@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests_support import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, mlflow_env
 from typer.testing import CliRunner
 
 from ml.config import config_from_dict, load_config

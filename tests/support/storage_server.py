@@ -23,7 +23,7 @@ Test switches (no auth, loopback only): `POST /__admin/faults` with
 `{"rules": [{"route": "upload", "count": 2, "status": "500"}], "crash_on_upload": 3,
 "upload_delay_s": 0.2}`; `GET /__admin/stats`; `POST /__admin/reset`.
 
-    python tests/support_storage_server.py --port 54321 --root /tmp/st --jwt-secret SECRET \
+    python tests/support/storage_server.py --port 54321 --root /tmp/st --jwt-secret SECRET \
         --anon-key <jwt> --service-key <jwt>
 """
 
@@ -498,7 +498,7 @@ class StorageServer:
     the same root and port, flip faults, read stats."""
 
     def __init__(self, root: Path, port: int | None = None, jwt_secret: str = "super-secret-jwt-token-for-tests-only") -> None:
-        from tests_support import free_port
+        from support.helpers import free_port
 
         self.root = Path(root)
         self.port = port or free_port()

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from tests_support import mlflow_env
+from support.helpers import mlflow_env
 
 from ml.inference.engine import RealtimeInferenceEngine
 

@@ -11,7 +11,7 @@ import numpy as np
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
-from tests_support import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, mlflow_env
 
 from ml.inference.batch.parquet import current_version
 from ml.inference.batch.postgres import PublishLockTimeout

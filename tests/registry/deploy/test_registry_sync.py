@@ -10,8 +10,8 @@ import uuid
 
 import psycopg2
 import pytest
-from support_deploy import fast_config, make_bundle
-from tests_support import REPO_ROOT
+from support.deploy import fast_config, make_bundle
+from support.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """One contract for every storage backend: the local folder, S3 (moto's standalone server on
 a loopback port, through boto3), and Supabase Storage's REST API (the loopback server in
-tests/support_storage_server.py, through storage3). Then the deployer on each backend:
+tests/support/storage_server.py, through storage3). Then the deployer on each backend:
 deploy, no-op re-sync, rollback without upload, retention."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support_deploy import DEPLOYED, fast_config, make_bundle
-from support_storage_server import StorageServer
-from tests_support import free_port
+from support.deploy import DEPLOYED, fast_config, make_bundle
+from support.helpers import free_port
+from support.storage_server import StorageServer
 
 pytestmark = pytest.mark.integration
 

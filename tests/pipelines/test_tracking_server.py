@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 import requests
-from tests_support import REPO_ROOT
+from support.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
-from tests_support import (
+
+from support.helpers import (
     REPO_ROOT,
     free_port,  # noqa: E402
 )

@@ -1,4 +1,4 @@
-"""Faults against the Supabase Storage API server on loopback (tests/support_storage_server.py,
+"""Faults against the Supabase Storage API server on loopback (tests/support/storage_server.py,
 a separate process with its state on disk): injected 5xx retried, the server killed midway
 then the sync resumed, the client killed midway then resumed, a wrong key or a too-large
 object failing at once with nothing changed, and keys never reaching the log."""
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support_deploy import DEPLOYED, fast_config, make_bundle
-from support_storage_server import StorageServer, make_jwt
-from tests_support import REPO_ROOT
+from support.deploy import DEPLOYED, fast_config, make_bundle
+from support.helpers import REPO_ROOT
+from support.storage_server import StorageServer, make_jwt
 
 pytestmark = pytest.mark.integration
 

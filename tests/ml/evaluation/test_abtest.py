@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from tests_support import REPO_ROOT
+from support.helpers import REPO_ROOT
 from typer.testing import CliRunner
 
 from ml.evaluation.abtest import (

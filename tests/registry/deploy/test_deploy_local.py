@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support_deploy import DEPLOYED, fast_config, make_bundle
+from support.deploy import DEPLOYED, fast_config, make_bundle
 
 
 def _deployer(tmp_path: Path, backend=None, **cfg):
@@ -205,7 +205,7 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, raw, message) -> None:
 
 
 def test_config_file_defaults_and_seed_format(tmp_path, monkeypatch) -> None:
-    from tests_support import REPO_ROOT
+    from support.helpers import REPO_ROOT
 
     from registry.deploy.config import load_deploy_config
 
