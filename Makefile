@@ -19,8 +19,18 @@ $(TFJS_NODE)/node_modules/.installed: $(TFJS_NODE)/package.json $(TFJS_NODE)/pac
 	cd $(TFJS_NODE) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The edge client (edge/): @tensorflow/tfjs for the browser, pinned by its lock file
+edge/node_modules/.installed: edge/package.json edge/package-lock.json
+	cd edge && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's Chromium for the edge browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser)
+.PHONY: chromium
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
 .PHONY: install lint main test test-fast bench
-install: $(VENV)/.installed $(TFJS_NODE)/node_modules/.installed
+install: $(VENV)/.installed $(TFJS_NODE)/node_modules/.installed edge/node_modules/.installed chromium
 
 main: $(VENV)/.installed
 	mlflow run . -e main --env-manager local --experiment-name towerops

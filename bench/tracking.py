@@ -52,7 +52,7 @@ def _admin(dsn: str, sql: str) -> None:
 def _start_server(dsn: str, state: Path) -> tuple[subprocess.Popen, str]:
     import requests
 
-    from pipelines.server import ServerSettings, prepare
+    from ml.tracking.server import ServerSettings, prepare
 
     port = _free_port()
     plan = prepare(ServerSettings(dsn=dsn, port=port, workers=1, artifacts_destination=str(state / "artifacts"),
@@ -108,7 +108,7 @@ def main() -> None:
     import ml.training.trainer
     from ml.config import load_config
     from ml.data.synthetic import generate_synthetic
-    from pipelines.server import parse_dsn
+    from ml.tracking.server import parse_dsn
 
     timer = FitTimer()
     real_factory = ml.training.trainer.create_standard_trainer

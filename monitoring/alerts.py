@@ -79,6 +79,11 @@ def post_webhook(url: str, payload: Mapping[str, Any], attempts: int = 4, backof
     import requests
     from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+    from ml.secrets import redact_url, redact_urls, remember_secret
+
+    remember_secret(url)  # the URL carries the token: scrubbed from every log line from now on
+    shown = redact_url(url)
+
     class _Retryable(Exception):
         pass
 
@@ -86,11 +91,14 @@ def post_webhook(url: str, payload: Mapping[str, Any], attempts: int = 4, backof
         try:
             resp = requests.post(url, json=dict(payload), timeout=timeout_s)
         except requests.RequestException as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+            # requests puts the URL (path and query: the token) in its messages
+            raise _Retryable(redact_urls(f"{type(exc).__name__}: {exc}", [url])) from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Retryable(f"HTTP {resp.status_code}")
         if resp.status_code >= 400:
-            raise WebhookDeliveryError(f"webhook refused the alert: HTTP {resp.status_code} {resp.text[:200]!r}")
+            body = redact_urls(resp.text[:200], [url])
+            raise WebhookDeliveryError(f"webhook {shown} refused the alert: HTTP {resp.status_code} {body!r}; "
+                                       "check the webhook URL in the environment (a 4xx is not retried)")
 
     used = 0
     try:
@@ -104,15 +112,24 @@ def post_webhook(url: str, payload: Mapping[str, Any], attempts: int = 4, backof
                 _send()
     except RetryError as exc:
         cause = exc.last_attempt.exception()
-        raise WebhookDeliveryError(f"webhook delivery failed after {used} attempt(s): {cause}") from None
+        raise WebhookDeliveryError(f"webhook {shown} delivery failed after {used} attempt(s): {cause}") from None
     return used
 
 
+def webhook_env_name(config: MonitoringConfig) -> str:
+    """The environment variable holding the alert URL: `webhook.url: env:NAME`, else `webhook.url_env`."""
+    ref = config.webhook.get("url")
+    if ref:
+        return str(ref)[len("env:"):]
+    return config.webhook.get("url_env") or "TOWEROPS_ALERT_WEBHOOK_URL"
+
+
 def deliver_alerts(alerts: Sequence[Alert], config: MonitoringConfig, context: Mapping[str, Any]) -> int | None:
-    """Send alerts to the webhook named by `webhook.url_env` (URL never logged). None = not configured."""
+    """Send alerts to the webhook whose URL is in the environment (`webhook.url: env:NAME` or
+    `webhook.url_env`); the URL is never logged. None = not configured."""
     if not alerts:
         return None
-    env = config.webhook.get("url_env") or "TOWEROPS_ALERT_WEBHOOK_URL"
+    env = webhook_env_name(config)
     url = os.environ.get(env)
     if not url:
         log.info("no webhook: $%s is not set; alerts are in logs/monitoring.log only", env)

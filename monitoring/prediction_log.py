@@ -1,20 +1,13 @@
-"""The prediction log: what serving recommended, one JSON object per line (JSON Lines).
+"""Reading the prediction log serving writes: one JSON object per line (JSON Lines).
 
-Format (the inference service writes it; monitoring reads it). One line per request:
-
-    {"ts": "2026-11-03T12:00:01.250Z",   # ISO 8601 (UTC) or epoch seconds (float)
-     "user_id": "u00042",               # string; null for an anonymous cold-start request
-     "latency_ms": 12.7,                 # server-side time to answer, milliseconds
-     "top_k": 10,                        # k requested
-     "items": ["i00017", "i00230", ...], # recommended item ids, best first (len <= top_k)
-     "scores": [3.21, 3.05, ...],        # the model's score of each item, same order
-     "model_version": "3"}               # registry version (or run id) that answered
-
-`ml/prediction_log.py` (serving) writes this shape plus request_id, cold, status
-("ok"/"error") and error; `status` is read (error share), other extra fields are ignored.
-Error rows have empty items/scores. Files may be rotated: pass a folder to read every `*.jsonl`
-(and `*.jsonl.gz`) in it. Why JSON lines: append-only, one write per request, readable
-with no schema registry, and a torn last line (a crash mid-write) loses one request only.
+The format, its field names and which of them every line must carry are defined once, in
+`ml.inference.prediction_log` (FIELDS, REQUIRED_FIELDS); this module only reads it. A line
+needs REQUIRED_FIELDS (ts as ISO 8601 or epoch seconds, user_id, top_k, items, scores,
+latency_ms, model_version); `status` ("ok"/"error") is read for the error share and defaults
+to "ok"; other fields are ignored. Error rows have empty items/scores. Files may be rotated:
+pass a folder to read every `*.jsonl` (and `*.jsonl.gz`) in it. Why JSON lines: append-only,
+one write per request, readable with no schema registry, and a torn last line (a crash
+mid-write) loses one request only.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-REQUIRED_FIELDS = ("ts", "user_id", "latency_ms", "top_k", "items", "scores", "model_version")
+from ml.inference.prediction_log import REQUIRED_FIELDS
 
 
 def write_prediction_log(records: Iterable[dict[str, Any]], path: str | Path) -> Path:

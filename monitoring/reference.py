@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ml.inference.scoring import top_k_indices
 from ml.logs import get_logger
 
 if TYPE_CHECKING:
@@ -101,9 +102,11 @@ def embed_dataset(bundle: "ModelBundle", dataset: "Dataset") -> tuple[list[str],
     pl = bundle.pipeline
     items = dataset.items
     item_vectors = pl.item_matrix(items)
-    item_tower = bundle.load_item_tower()
-    item_emb = np.asarray(item_tower.predict(item_vectors, batch_size=8192, verbose=0), dtype=np.float32)
     item_ids = items["item_id"].astype(str).tolist()
+    catalog_rows = bundle.item_id_rows(item_ids)  # ID stage: items the model never saw use the OOV row
+    item_tower = bundle.load_item_tower()
+    item_emb = np.asarray(item_tower.predict(bundle.item_inputs(catalog_rows, item_features=item_vectors),
+                                             batch_size=8192, verbose=0), dtype=np.float32)
     item_pos = {iid: n for n, iid in enumerate(item_ids)}
     inter = dataset.interactions
     user_ids = sorted(set(inter["user_id"].astype(str)))
@@ -113,7 +116,8 @@ def embed_dataset(bundle: "ModelBundle", dataset: "Dataset") -> tuple[list[str],
     labels = inter["label"].to_numpy(dtype=np.int64)
     users = dataset.users.assign(user_id=dataset.users["user_id"].astype(str)).set_index("user_id")
     profiles = pl.profile_matrix(users.reindex(user_ids).reset_index())
-    feats = pl.user_matrix(profiles, item_vectors, user_rows, item_rows, labels, len(user_ids))
+    feats = bundle.user_inputs(profiles, user_rows, item_rows, labels, id_rows=bundle.user_id_rows(user_ids),
+                               item_features=item_vectors, item_id_rows=catalog_rows)
     user_emb = np.asarray(bundle.user_tower.predict(feats, batch_size=8192, verbose=0), dtype=np.float32)
     return item_ids, item_emb, user_ids, user_emb
 
@@ -129,11 +133,9 @@ def top_k_frame(user_emb: np.ndarray, item_emb: np.ndarray, item_ids: list[str],
             for n, rows_seen in enumerate(seen[lo:lo + 2048]):
                 if len(rows_seen) and len(rows_seen) < s.shape[1] - k:
                     s[n, rows_seen] = -np.inf
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(np.arange(s.shape[1]), (len(s), 1))
-        top_s = np.take_along_axis(s, top, axis=1)
-        order = np.argsort(-top_s, axis=1, kind="stable")
-        rows.append(np.take_along_axis(top, order, axis=1).ravel())
-        scores.append(np.take_along_axis(top_s, order, axis=1).ravel())
+        top = top_k_indices(s, k)  # the one top-k: ties to the lower item row
+        rows.append(top.ravel())
+        scores.append(np.take_along_axis(s, top, axis=1).ravel())
         ranks.append(np.tile(np.arange(1, k + 1), len(s)))
     ids = np.asarray(item_ids, dtype=object)[np.concatenate(rows)] if rows else np.array([], dtype=object)
     return pd.DataFrame({"rank": np.concatenate(ranks) if ranks else [], "score": np.concatenate(scores) if scores else [],
@@ -167,7 +169,7 @@ def build_reference(bundle: "ModelBundle", dataset: "Dataset", settings: dict[st
            **(settings or {})}
     t0 = time.time()
     rng = np.random.default_rng(seed)
-    pop_order = np.argsort(-bundle.item_popularity, kind="stable")[: int(cfg["popular_top_n"])]
+    pop_order = top_k_indices(np.asarray(bundle.item_popularity, np.float64), int(cfg["popular_top_n"]))
     popular = [bundle.item_ids[i] for i in pop_order]
     items = item_feature_frame(dataset.items)
     users = user_feature_frame(dataset.users, dataset.interactions)

@@ -224,6 +224,23 @@ def sample_window(dataset, frac: float = 0.5, seed: int = 0):
 
 
 # ------------------------------------------------------------------ the job
+@dataclass
+class MonitorInputs:
+    """What one monitoring run compares: the model, its reference, the window and/or the served log."""
+
+    model_run_id: str
+    model_uri: str
+    reference: Any
+    bundle: Any
+    source: str                        # as it may be logged: env:VAR as written, a DSN without password
+    window: Any = None                 # the current Dataset (None: prediction log only)
+    log_frame: pd.DataFrame | None = None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"model_uri": self.model_uri, "model_run_id": self.model_run_id}
+
+
 def monitor_run(
     current_source: str | Path | None = None,
     model_uri_or_run_id: str | None = None,
@@ -241,57 +258,78 @@ def monitor_run(
     """Monitor one window. `current_source` is a data folder or postgresql:// DSN (with
     optional `queries` per table), or pass an in-memory `dataset`; `prediction_log` adds
     prediction drift from what was served, latency and throughput."""
-    import mlflow
+    cfg = config if isinstance(config, MonitoringConfig) else load_monitoring_config(config)
+    t0 = time.time()
+    inputs = load_inputs(cfg, current_source, model_uri_or_run_id, prediction_log, start, end, queries, dataset)
+    outputs = compute_reports(inputs.reference, inputs.bundle, inputs.window, inputs.log_frame, cfg, inputs.metadata)
+    metrics: dict[str, float] = {}
+    for o in outputs:
+        metrics.update(o.metrics)
+    if inputs.window is not None:
+        metrics["window_interactions"] = float(len(inputs.window.interactions))
+    alerts = evaluate_alerts(metrics, cfg.alerts)
+    result = record_monitor_run(inputs, outputs, metrics, alerts, cfg, workspace=workspace,
+                                params={"monitor.source": inputs.source[:500], "monitor.prediction_log": str(prediction_log),
+                                        "monitor.start": str(start), "monitor.end": str(end)},
+                                nested=nested, run_name=run_name, rollback=rollback)
+    log.info("monitor run %s: %d report(s), %d alert(s), %.1fs", result.run_id, len(outputs), len(alerts),
+             time.time() - t0)
+    return result
 
+
+def load_inputs(cfg: MonitoringConfig, current_source: str | Path | None, model_uri_or_run_id: str | None,
+                prediction_log: str | Path | None = None, start: Any = None, end: Any = None,
+                queries: Mapping[str, str] | None = None, dataset: Any = None) -> MonitorInputs:
+    """Resolve the model, its reference and bundle, the current window and the prediction log:
+    everything that can be bad input, checked before any MLflow run starts."""
     from ml.bundle.load import load_bundle
-    from ml.data.loaders import load_dataset
-    from ml.tracking.runs import start_run
+    from ml.data.loaders import describe_source, load_dataset
     from monitoring.prediction_log import read_prediction_log
     from monitoring.reference import load_reference
 
-    cfg = config if isinstance(config, MonitoringConfig) else load_monitoring_config(config)
     if current_source is None and dataset is None and prediction_log is None:
         raise ValueError("nothing to monitor: pass current data (--data folder or postgresql:// DSN) "
                          "and/or --prediction-log")
-    t0 = time.time()
     model_run_id, model_uri = resolve_model(model_uri_or_run_id, cfg.rollback.get("model_name", "two_tower"),
                                             cfg.rollback.get("alias", "production"))
     reference = load_reference(model_run_id)
     bundle = load_bundle(download_bundle(model_uri))
-    window = None
-    source = "in-memory dataset" if dataset is not None else str(current_source)
+    source = "in-memory dataset" if dataset is not None else describe_source(str(current_source))
     if dataset is None and current_source is not None:
         dataset = load_dataset(str(current_source), **({"queries": dict(queries)} if queries else {}))
-    if dataset is not None:
-        window = _window(dataset, start, end, source)
+    window = _window(dataset, start, end, source) if dataset is not None else None
     log_frame = None
     if prediction_log is not None:
         log_frame = read_prediction_log(prediction_log, start, end)
         if log_frame.empty:
             raise ValueError(f"prediction log {prediction_log} has no requests in the window "
                              f"[{start or '-inf'}, {end or '+inf'}): nothing to monitor")
-    meta = {"model_uri": model_uri, "model_run_id": model_run_id}
-    outputs = compute_reports(reference, bundle, window, log_frame, cfg, meta)
-    metrics: dict[str, float] = {}
-    for o in outputs:
-        metrics.update(o.metrics)
-    if window is not None:
-        metrics["window_interactions"] = float(len(window.interactions))
-    alerts = evaluate_alerts(metrics, cfg.alerts)
+    return MonitorInputs(model_run_id, model_uri, reference, bundle, source, window, log_frame)
+
+
+def record_monitor_run(inputs: MonitorInputs, outputs: list, metrics: dict[str, float], alerts: list[Alert],
+                       cfg: MonitoringConfig, workspace: str | Path | None, params: Mapping[str, str],
+                       nested: bool = False, run_name: str = "monitor",
+                       rollback: Callable[..., Any] | None = None) -> MonitorResult:
+    """The MLflow run: params, finite metrics, the reports as artifacts, workspace snapshots, then
+    the alerts (logged, delivered, rollback policy)."""
+    import mlflow
+
+    from ml.tracking.runs import start_run
 
     report_paths: dict[str, dict[str, Path]] = {}
     snapshot_ids: list[str] = []
     with start_run(run_name=run_name, nested=nested, tags={
-            "towerops.step": "monitor", "towerops.model_run_id": model_run_id, "towerops.model_uri": model_uri}) as run:
+            "towerops.step": "monitor", "towerops.model_run_id": inputs.model_run_id,
+            "towerops.model_uri": inputs.model_uri}) as run:
         run_id = run.info.run_id
-        mlflow.log_params({"monitor.source": source[:500], "monitor.prediction_log": str(prediction_log),
-                           "monitor.start": str(start), "monitor.end": str(end)})
+        mlflow.log_params(dict(params))
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         with tempfile.TemporaryDirectory() as tmp:
             for o in outputs:
                 report_paths[o.name] = o.save(Path(tmp) / "reports")
             (Path(tmp) / "reports" / "summary.json").write_text(json.dumps(
-                {"metrics": metrics, "alerts": [vars(a) for a in alerts], "model_uri": model_uri}, indent=2))
+                {"metrics": metrics, "alerts": [vars(a) for a in alerts], "model_uri": inputs.model_uri}, indent=2))
             mlflow.log_artifacts(str(Path(tmp) / "reports"), "monitoring/reports")
         report_paths = {n: {k: Path(f"monitoring/reports/{p.name}") for k, p in ps.items()} for n, ps in report_paths.items()}
         if workspace is not None:
@@ -300,16 +338,29 @@ def monitor_run(
             snapshot_ids = add_snapshots(workspace, [o.snapshot for o in outputs], cfg.workspace.get("project", "towerops"))
             mlflow.set_tag("towerops.evidently_workspace", str(Path(workspace).resolve()))
         mlflow.set_tag("towerops.alerts", ",".join(a.name for a in alerts) or "none")
-        log_alerts(alerts, f"model {model_uri}, monitor run {run_id}")
+        log_alerts(alerts, f"model {inputs.model_uri}, monitor run {run_id}")
         rolled = None
         if alerts:
             try:
-                deliver_alerts(alerts, cfg, {"model": model_uri, "run_id": run_id, "source": source})
+                deliver_alerts(alerts, cfg, {"model": inputs.model_uri, "run_id": run_id, "source": inputs.source})
             except ConnectionError as exc:
                 log.error("alert webhook failed: %s", exc)
                 mlflow.set_tag("towerops.webhook", "failed")
             rolled = apply_rollback_policy(alerts, cfg, rollback)
             if rolled is not None:
                 mlflow.set_tag("towerops.rollback", str(rolled)[:500])
-    log.info("monitor run %s: %d report(s), %d alert(s), %.1fs", run_id, len(outputs), len(alerts), time.time() - t0)
-    return MonitorResult(run_id, model_run_id, model_uri, metrics, alerts, report_paths, snapshot_ids, rolled)
+    return MonitorResult(run_id, inputs.model_run_id, inputs.model_uri, metrics, alerts, report_paths, snapshot_ids,
+                         rolled)
+
+
+def backfill_reference(run_id: str, data: str, config: str | Path | None = None) -> str:
+    """Build and log `monitoring/reference/` on a training run that lacks it (`towerops monitor
+    reference`); returns the training run id."""
+    from ml.data.loaders import load_dataset
+    from monitoring.reference import log_reference
+
+    cfg = load_monitoring_config(config)
+    dataset = load_dataset(data)
+    train_run_id, uri = resolve_model(run_id)
+    log_reference(train_run_id, download_bundle(uri), dataset, cfg.reference)
+    return train_run_id

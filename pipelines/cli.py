@@ -1,44 +1,86 @@
-"""The `towerops` command line. Thin: parse arguments, call the stage functions in
-`ml`, `registry` and `monitoring`, turn their errors into a message and exit code 2.
-MLproject entry points call this module (`python -m pipelines.cli ...`)."""
+"""The `towerops` command line. Thin: parse arguments, configure logging, call the stage
+functions in `ml`, `registry` and `monitoring`, turn their errors into a message and exit
+code 2. MLproject entry points call this module (`python -m pipelines.cli ...`).
+
+Each area's commands are typed functions at module level in `pipelines/cli_<area>.py`
+(callable from tests); each module's `register(app)` only adds them to the app.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipelines import (
+    cli_config,
+    cli_edge,
+    cli_evaluate,
+    cli_monitor,
+    cli_registry,
+    cli_serve,
+    cli_server,
+    cli_sync,
+    cli_tune,
+)
+from pipelines.common import USER_ERRORS, OutputFormat, explain_mlflow_error, fail, info, is_json, opt, print_json
+
+
+class Commands(TyperGroup):
+    """The root group: MLflow's own exceptions, from any command, become one `error:` line saying
+    what to fix and exit status 2, never a traceback."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if any(c.__name__ == "MlflowException" for c in type(exc).__mro__):
+                fail(explain_mlflow_error(exc))
+            raise
+
 
 app = typer.Typer(help="towerops: train, evaluate, register, deploy and monitor a two-tower recommender.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=Commands)
 data_app = typer.Typer(help="Data: synthetic generation and validation.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-err = Console(stderr=True)
 
 
-def fail(exc: BaseException, code: int = 2) -> None:
-    from rich.markup import escape
+def start(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lines, and TensorFlow's and "
+                                                "MLflow's own messages, on the console")] = False,
+          config: Annotated[Path | None, typer.Option("--config", "-c", help="the platform config towerops.yaml "
+                                                      "(default: $TOWEROPS_CONFIG, else towerops.yaml in this folder "
+                                                      "or a parent, else the packaged defaults)")] = None,
+          allow_local_audit: Annotated[bool, typer.Option("--allow-local-audit", help="accept a local SQLite audit "
+                                                          "file behind a remote tracking server (one user only)")]
+          = False) -> None:
+    """Before any command runs: logging (files under $TOWEROPS_LOG_DIR, default logs/), then the
+    platform config (its tracking URI for this process and its children). An unusable log folder
+    or a bad platform config stops here with exit status 2."""
+    import os
 
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    from ml.logs import LogDirError, configure_logging
+    from ml.platform import apply_environment, use_config
+
+    try:
+        configure_logging(verbose=verbose)
+        use_config(config)
+        if allow_local_audit:
+            os.environ.update(TOWEROPS_AUDIT_ALLOW_LOCAL="true")
+        apply_environment()
+    except (LogDirError, *USER_ERRORS) as exc:
+        fail(exc)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ConnectionError, PermissionError)
-
-
-@data_app.command("synth")
 def data_synth(
-    users: int = typer.Option(1000, help="number of users"),
-    items: int = typer.Option(800, help="number of items"),
-    interactions: int = typer.Option(40000, help="number of swipes"),
-    seed: int = typer.Option(0, help="random seed"),
-    out: Path = typer.Option(Path("data/synthetic"), help="output folder"),
-    fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
-    shift: float = typer.Option(0.0, help="distribution shift in [0, 1] (drift tests)"),
+    users: Annotated[int, typer.Option(help="number of users")] = 1000,
+    items: Annotated[int, typer.Option(help="number of items")] = 800,
+    interactions: Annotated[int, typer.Option(help="number of swipes")] = 40000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/synthetic"),
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    shift: Annotated[float, typer.Option(help="distribution shift in [0, 1] (drift tests)")] = 0.0,
 ) -> None:
     """Write a synthetic dataset (users, items, interactions, oracle ranking) to a folder."""
     from ml.data.synthetic import generate_synthetic, write_synthetic
@@ -48,11 +90,10 @@ def data_synth(
         paths = write_synthetic(data, out, fmt=fmt)
     except USER_ERRORS as exc:
         fail(exc)
-    err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    info(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@data_app.command("validate")
-def data_validate(source: str = typer.Argument(..., help="data folder or postgresql:// DSN")) -> None:
+def data_validate(source: Annotated[str, typer.Argument(help="data folder or postgresql:// DSN")]) -> None:
     """Check a dataset against the schema; lists every problem at once."""
     from ml.data.loaders import load_dataset
 
@@ -60,57 +101,64 @@ def data_validate(source: str = typer.Argument(..., help="data folder or postgre
         ds = load_dataset(source)
     except USER_ERRORS as exc:
         fail(exc)
-    err.print(f"ok: {ds.row_counts()}")
+    info(f"ok: {ds.row_counts()}")
 
 
-@app.command("train")
 def train(
-    data: str = typer.Option(..., help="data folder (CSV/Parquet) or postgresql:// DSN"),
-    config: Path | None = typer.Option(Path("configs/training.json"), help="training config (JSON/YAML)"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. --set training.epochs=5 (repeatable)"),
-    model_dir: Path | None = typer.Option(None, help="where to write the model bundle (default: a temp folder)"),
-    run_name: str = typer.Option("train", help="MLflow run name"),
+    data: Annotated[str | None, typer.Option(help="data folder (CSV/Parquet), postgresql:// DSN, env:VAR or @name "
+                                                 "of data.sources (default: data.source of towerops.yaml)")] = None,
+    config: Annotated[str | None, typer.Option(help="training config (JSON/YAML; default: the training section of "
+                                                    "towerops.yaml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set training.epochs=5 "
+                                                      "(repeatable)")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="where to write the model bundle "
+                                                      "(default: a temp folder)")] = None,
+    run_name: Annotated[str, typer.Option(help="MLflow run name")] = "train",
 ) -> None:
     """Train the two-tower model in an MLflow run."""
     from ml.config import parse_overrides
+    from ml.platform import data_source
     from ml.tracking.training import train_run
 
     try:
-        result = train_run(data, config, parse_overrides(set_), model_dir=model_dir, run_name=run_name)
+        result = train_run(data_source(opt(data)), opt(config), parse_overrides(set_ or []), model_dir=model_dir,
+                           run_name=run_name)
     except USER_ERRORS as exc:
         fail(exc)
     if not result.run_id:
-        err.print("worker finished: the chief logged the MLflow run and wrote the bundle")
+        info("worker finished: the chief logged the MLflow run and wrote the bundle")
         return
-    err.print(f"run {result.run_id} FINISHED; model {result.model_uri}; bundle {result.model_dir}")
+    info(f"run {result.run_id} FINISHED; model {result.model_uri}; bundle {result.model_dir}")
 
 
-@app.command("main")
 def main(
-    users: int = typer.Option(1000), items: int = typer.Option(800), interactions: int = typer.Option(40000),
-    seed: int = typer.Option(0), epochs: int = typer.Option(20),
-    config: Path | None = typer.Option(Path("configs/training.json")),
-    set_: list[str] = typer.Option([], "--set"),
-    data_dir: Path = typer.Option(Path("data/synthetic")),
-    model_dir: Path = typer.Option(Path("models/two_tower")),
+    users: Annotated[int, typer.Option()] = 1000,
+    items: Annotated[int, typer.Option()] = 800,
+    interactions: Annotated[int, typer.Option()] = 40000,
+    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int, typer.Option()] = 20,
+    config: Annotated[str | None, typer.Option(help="training config (default: towerops.yaml's training)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+    data_dir: Annotated[Path, typer.Option()] = Path("data/synthetic"),
+    model_dir: Annotated[Path, typer.Option()] = Path("models/two_tower"),
 ) -> None:
-    """The main job: synthetic data -> train (and the later stages)."""
+    """The main job: synthetic data -> train -> evaluate -> register -> promote (gate, deploy) -> monitor."""
     from ml.config import parse_overrides
     from pipelines.workflow import run_main
 
     try:
-        overrides = {"training.epochs": epochs, **parse_overrides(set_)}
-        run_main(users=users, items=items, interactions=interactions, seed=seed, config=config,
+        overrides = {"training.epochs": epochs, **parse_overrides(set_ or [])}
+        run_main(users=users, items=items, interactions=interactions, seed=seed, config=opt(config),
                  overrides=overrides, data_dir=data_dir, model_dir=model_dir)
     except USER_ERRORS as exc:
         fail(exc)
 
 
-@app.command("recommend")
 def recommend(
-    user_id: str = typer.Argument(...),
-    model_dir: Path = typer.Option(Path("models/two_tower")),
-    top_k: int = typer.Option(10),
+    user_id: Annotated[str, typer.Argument()],
+    model_dir: Annotated[Path, typer.Option()] = Path("models/two_tower"),
+    top_k: Annotated[int, typer.Option()] = 10,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
 ) -> None:
     """Top-k recommendations for a user from a local model bundle."""
     from ml.inference.engine import RealtimeInferenceEngine
@@ -119,26 +167,28 @@ def recommend(
         recs = RealtimeInferenceEngine(model_dir).get_recommendations(user_id, top_k=top_k)
     except USER_ERRORS as exc:
         fail(exc)
+    if is_json(fmt):
+        print_json(recs)
+        return
     for r in recs:
         typer.echo(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}")
 
 
-def _register_extensions() -> None:
-    """Each area adds its commands from its own module (`register(app)`)."""
-    import importlib
+def register(application: typer.Typer) -> None:
+    """The core commands, then each area's (`register(app)` of every cli_<area> module)."""
+    application.callback()(start)
+    application.add_typer(data_app, name="data")
+    data_app.command("synth")(data_synth)
+    data_app.command("validate")(data_validate)
+    application.command("train")(train)
+    application.command("main")(main)
+    application.command("recommend")(recommend)
+    for module in (cli_evaluate, cli_server, cli_monitor, cli_registry, cli_serve, cli_tune, cli_sync, cli_edge,
+                   cli_config):
+        module.register(application)
 
-    for name in ("pipelines.cli_evaluate", "pipelines.cli_server", "pipelines.cli_monitor",
-                 "pipelines.cli_registry", "pipelines.cli_serve", "pipelines.cli_tune", "pipelines.cli_sync"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(app)
 
-
-_register_extensions()
+register(app)
 
 
 if __name__ == "__main__":

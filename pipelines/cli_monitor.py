@@ -2,88 +2,97 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from pipelines.common import USER_ERRORS, OutputFormat, fail, info, is_json, opt, print_json
 
-def _opt(value: str | None) -> str | None:
-    """MLproject passes empty strings for unset parameters."""
-    return value if value not in (None, "", "None") else None
+monitor_app = typer.Typer(help="Monitoring: Evidently drift/quality/performance reports and alerts.",
+                          no_args_is_help=True)
+
+
+def parse_queries(query: list[str]) -> dict[str, str]:
+    """`TABLE=SELECT ...` options to {table: sql}."""
+    queries = {}
+    for q in query:
+        if "=" not in q:
+            raise ValueError(f"--query {q!r} must be TABLE=SELECT ... (tables: users, items, interactions)")
+        table, sql = q.split("=", 1)
+        queries[table.strip()] = sql
+    return queries
+
+
+def monitor_run_cmd(
+    data: Annotated[str | None, typer.Option(help="current window: data folder or postgresql:// DSN")] = None,
+    query: Annotated[list[str] | None, typer.Option(help="with a DSN: TABLE=SELECT ... (repeatable)")] = None,
+    prediction_log: Annotated[str | None, typer.Option(help="prediction log (JSON lines file or folder)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="training run of the model "
+                                                  "(default: models:/two_tower@production)")] = None,
+    model_uri: Annotated[str | None, typer.Option(help="runs:/... or models:/name@alias of the model")] = None,
+    config: Annotated[str | None, typer.Option(help="monitoring config (default: the monitoring section of "
+                                                    "towerops.yaml)")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Evidently workspace folder ('' = none)")] = "monitoring_workspace",
+    start: Annotated[str | None, typer.Option(help="window start (inclusive, ISO 8601)")] = None,
+    end: Annotated[str | None, typer.Option(help="window end (exclusive, ISO 8601)")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Compare a window with the production model's reference; exit 1 when an alert fires."""
+    from ml.logs import metric_text
+    from monitoring.run import monitor_run
+
+    try:
+        queries = parse_queries(query or [])
+        if opt(run_id) and opt(model_uri):
+            raise ValueError("pass either --run-id or --model-uri, not both")
+        result = monitor_run(opt(data), opt(model_uri) or opt(run_id), opt(config), opt(prediction_log),
+                             opt(workspace), opt(start), opt(end), queries or None)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if is_json(fmt):
+        print_json({"run_id": result.run_id, "model_uri": result.model_uri, "metrics": result.metrics,
+                    "alerts": [a.name for a in result.alerts], "exit_code": result.exit_code if result.alerts else 0})
+    else:
+        for name, value in sorted(result.metrics.items()):
+            typer.echo(f"{name:36s} {metric_text(value, why='no data for it in this window')}")
+    names = ", ".join(a.name for a in result.alerts)
+    info(f"monitor run {result.run_id}: model {result.model_uri}; {len(result.alerts)} alert(s)"
+         f"{': ' + names if names else ''}")
+    if result.alerts:
+        raise typer.Exit(result.exit_code)
+
+
+def monitor_reference_cmd(
+    run_id: Annotated[str, typer.Option(help="training run to attach the reference to")],
+    data: Annotated[str, typer.Option(help="the run's training data: folder or postgresql:// DSN")],
+    config: Annotated[str | None, typer.Option(help="monitoring config (default: the monitoring section of "
+                                                    "towerops.yaml)")] = None,
+) -> None:
+    """Build and log `monitoring/reference/` on a training run (backfill)."""
+    from monitoring.run import backfill_reference
+
+    try:
+        train_run_id = backfill_reference(run_id, data, opt(config))
+    except USER_ERRORS as exc:
+        fail(exc)
+    info(f"logged monitoring/reference to run {train_run_id}")
+
+
+def monitor_dashboard_cmd(
+    workspace: Annotated[str, typer.Option(help="Evidently workspace folder")] = "monitoring_workspace",
+    project: Annotated[str, typer.Option(help="project name")] = "towerops",
+) -> None:
+    """Create the workspace project and its panels (if missing) and list them."""
+    from monitoring.workspace import panel_titles
+
+    for title in panel_titles(workspace, project):
+        typer.echo(title)
+    info(f"view with: evidently ui --workspace {workspace}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the `monitor` command group to the towerops CLI."""
-    from pipelines.cli import USER_ERRORS, err, fail
-
-    monitor_app = typer.Typer(help="Monitoring: Evidently drift/quality/performance reports and alerts.",
-                              no_args_is_help=True)
     app.add_typer(monitor_app, name="monitor")
-
-    @monitor_app.command("run")
-    def monitor_run_cmd(
-        data: str | None = typer.Option(None, help="current window: data folder or postgresql:// DSN"),
-        query: list[str] = typer.Option([], help="with a DSN: TABLE=SELECT ... (repeatable)"),
-        prediction_log: str | None = typer.Option(None, help="prediction log (JSON lines file or folder)"),
-        run_id: str | None = typer.Option(None, help="training run of the model (default: models:/two_tower@production)"),
-        model_uri: str | None = typer.Option(None, help="runs:/... or models:/name@alias of the model"),
-        config: Path | None = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
-        workspace: str | None = typer.Option("monitoring_workspace", help="Evidently workspace folder ('' = none)"),
-        start: str | None = typer.Option(None, help="window start (inclusive, ISO 8601)"),
-        end: str | None = typer.Option(None, help="window end (exclusive, ISO 8601)"),
-    ) -> None:
-        """Compare a window with the production model's reference; exit 1 when an alert fires."""
-        from monitoring.run import monitor_run
-
-        try:
-            queries = {}
-            for q in query:
-                if "=" not in q:
-                    raise ValueError(f"--query {q!r} must be TABLE=SELECT ... (tables: users, items, interactions)")
-                table, sql = q.split("=", 1)
-                queries[table.strip()] = sql
-            if _opt(run_id) and _opt(model_uri):
-                raise ValueError("pass either --run-id or --model-uri, not both")
-            result = monitor_run(_opt(data), _opt(model_uri) or _opt(run_id), config, _opt(prediction_log),
-                                 _opt(workspace), _opt(start), _opt(end), queries or None)
-        except USER_ERRORS as exc:
-            fail(exc)
-        for name, value in sorted(result.metrics.items()):
-            typer.echo(f"{name:36s} {value:.4f}")
-        err.print(f"monitor run {result.run_id}: model {result.model_uri}; "
-                  f"{len(result.alerts)} alert(s){': ' + ', '.join(a.name for a in result.alerts) if result.alerts else ''}")
-        if result.alerts:
-            raise typer.Exit(result.exit_code)
-
-    @monitor_app.command("reference")
-    def monitor_reference_cmd(
-        run_id: str = typer.Option(..., help="training run to attach the reference to"),
-        data: str = typer.Option(..., help="the run's training data: folder or postgresql:// DSN"),
-        config: Path | None = typer.Option(Path("configs/monitoring.yaml"), help="monitoring config"),
-    ) -> None:
-        """Build and log `monitoring/reference/` on a training run (backfill)."""
-        from ml.data.loaders import load_dataset
-        from monitoring.config import load_monitoring_config
-        from monitoring.reference import log_reference
-        from monitoring.run import download_bundle, resolve_model
-
-        try:
-            cfg = load_monitoring_config(config)
-            dataset = load_dataset(data)
-            train_run_id, uri = resolve_model(run_id)
-            log_reference(train_run_id, download_bundle(uri), dataset, cfg.reference)
-        except USER_ERRORS as exc:
-            fail(exc)
-        err.print(f"logged monitoring/reference to run {train_run_id}")
-
-    @monitor_app.command("dashboard")
-    def monitor_dashboard_cmd(
-        workspace: str = typer.Option("monitoring_workspace", help="Evidently workspace folder"),
-        project: str = typer.Option("towerops", help="project name"),
-    ) -> None:
-        """Create the workspace project and its panels (if missing) and list them."""
-        from monitoring.workspace import panel_titles
-
-        for title in panel_titles(workspace, project):
-            typer.echo(title)
-        err.print(f"view with: evidently ui --workspace {workspace}")
+    monitor_app.command("run")(monitor_run_cmd)
+    monitor_app.command("reference")(monitor_reference_cmd)
+    monitor_app.command("dashboard")(monitor_dashboard_cmd)

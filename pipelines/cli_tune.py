@@ -1,11 +1,13 @@
-"""`towerops tune`: the Optuna search of ml/tuning.py (MLproject entry point `tune`)."""
+"""`towerops tune`: the Optuna search of ml/tracking/tuning.py (MLproject entry point `tune`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from pipelines.common import USER_ERRORS, fail, info, opt
 
 
 def _optional_number(text: str, flag: str, integer: bool) -> Any:
@@ -23,33 +25,38 @@ def _optional_number(text: str, flag: str, integer: bool) -> Any:
     return int(value) if integer else value
 
 
+def tune(
+    data: Annotated[str | None, typer.Option(help="data folder (CSV/Parquet), postgresql:// DSN or env:VAR "
+                                                 "(default: data.source of towerops.yaml)")] = None,
+    tuning: Annotated[str | None, typer.Option(help="search space and study settings (YAML; default: the tuning "
+                                                    "section of towerops.yaml)")] = None,
+    config: Annotated[str | None, typer.Option(help="base training config each trial starts from (default: the "
+                                                    "training section of towerops.yaml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override the base config, "
+                                                      "e.g. --set training.epochs=30")] = None,
+    n_trials: Annotated[str, typer.Option(help="number of trials (default: the tuning file's n_trials)")] = "",
+    timeout: Annotated[str, typer.Option(help="stop starting trials after this many seconds (default: the file's)")] = "",
+    out: Annotated[Path, typer.Option(help="where to write the best config (JSON)")] = Path("best_config.json"),
+    run_name: Annotated[str, typer.Option(help="MLflow run name of the study")] = "tune",
+) -> None:
+    """Search hyperparameters with Optuna; each trial is a nested MLflow run; writes best_config.json."""
+    from ml.config import parse_overrides
+    from ml.logs import metric_text
+    from ml.platform import data_source
+    from ml.tracking.tuning import run_tuning
+
+    try:
+        result = run_tuning(data_source(opt(data)), opt(tuning), opt(config), parse_overrides(set_ or []),
+                            n_trials=_optional_number(n_trials, "--n-trials", integer=True),
+                            timeout_s=_optional_number(timeout, "--timeout", integer=False),
+                            out=out, run_name=run_name)
+    except USER_ERRORS as exc:
+        fail(exc)
+    best = metric_text(result.best_value, why="no trial completed")
+    info(f"run {result.run_id} FINISHED: best {result.metric}={best} (trial {result.best_trial}, run "
+         f"{result.best_run_id}); trials {result.states}; wrote {result.best_config_path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add `towerops tune`."""
-    from pipelines.cli import USER_ERRORS, err, fail
-
-    @app.command("tune")
-    def tune(
-        data: str = typer.Option(..., help="data folder (CSV/Parquet) or postgresql:// DSN"),
-        tuning: Path = typer.Option(Path("configs/tuning.yaml"), help="search space and study settings (YAML)"),
-        config: Path | None = typer.Option(Path("configs/training.json"),
-                                              help="base training config each trial starts from"),
-        set_: list[str] = typer.Option([], "--set", help="override the base config, e.g. --set training.epochs=30"),
-        n_trials: str = typer.Option("", help="number of trials (default: the tuning file's n_trials)"),
-        timeout: str = typer.Option("", help="stop starting trials after this many seconds (default: the file's)"),
-        out: Path = typer.Option(Path("best_config.json"), help="where to write the best config (JSON)"),
-        run_name: str = typer.Option("tune", help="MLflow run name of the study"),
-    ) -> None:
-        """Search hyperparameters with Optuna; each trial is a nested MLflow run; writes best_config.json."""
-        from ml.config import parse_overrides
-        from ml.tracking.tuning import run_tuning
-
-        try:
-            result = run_tuning(data, tuning, config, parse_overrides(set_),
-                                n_trials=_optional_number(n_trials, "--n-trials", integer=True),
-                                timeout_s=_optional_number(timeout, "--timeout", integer=False),
-                                out=out, run_name=run_name)
-        except USER_ERRORS as exc:
-            fail(exc)
-        err.print(f"run {result.run_id} FINISHED: best {result.metric}={result.best_value:.4f} (trial "
-                  f"{result.best_trial}, run {result.best_run_id}); trials {result.states}; wrote "
-                  f"{result.best_config_path}")
+    app.command("tune")(tune)

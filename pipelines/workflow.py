@@ -12,18 +12,18 @@ log = get_logger("training")
 
 def run_main(users: int, items: int, interactions: int, seed: int, config: Path | None,
              overrides: Mapping[str, Any], data_dir: Path, model_dir: Path,
-             registry_config: str | None = "configs/registry.yaml") -> dict[str, Any]:
+             registry_config: str | None = None) -> dict[str, Any]:
     """Synthetic data -> train -> evaluate -> register -> promote (gate, deploy) -> monitor;
     returns the ids and URIs each stage produced."""
     import mlflow
 
-    from ml.config import load_config
     from ml.data.loaders import load_folder
     from ml.data.synthetic import generate_synthetic, write_synthetic
+    from ml.platform import load_training_config
     from ml.tracking.runs import guard_tracking_loss, start_run
     from ml.tracking.training import train_run
 
-    load_config(config, overrides)  # fail on a bad config before anything is written
+    load_training_config(config, overrides)  # fail on a bad config before anything is written (default: towerops.yaml)
     out: dict[str, Any] = {}
     with guard_tracking_loss(start_run(run_name="main", tags={"towerops.step": "main"})) as parent:
         out["main_run_id"] = parent.info.run_id
@@ -45,7 +45,8 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
 
         evaluation = evaluate_run(result.model_dir, dataset, nested=True, synthetic=data, model_uri=result.model_uri)
         out.update(evaluate_run_id=evaluation.run_id,
-                   evaluation={k: evaluation.metrics[k] for k in ("ndcg_at_10", "popular.ndcg_at_10", "lift.ndcg_at_10")
+                   evaluation={k: evaluation.metrics[k] for k in ("ndcg_at_10", "popular.ndcg_at_10", "lift_over_popular.ndcg_at_10",
+                                                                     "lift_over_best_baseline.ndcg_at_10")
                                if k in evaluation.metrics})
         mlflow.set_tags({"towerops.evaluate_run_id": evaluation.run_id})
         log.info("main: evaluate run %s, %s", evaluation.run_id, out["evaluation"])
@@ -56,7 +57,8 @@ def run_main(users: int, items: int, interactions: int, seed: int, config: Path 
 
         registry = open_registry(registry_config)
         key_metrics = {k: v for k, v in evaluation.metrics.items()
-                       if k in ("ndcg_at_10", "recall_at_10", "recall_at_50", "map_at_10", "auc", "lift.ndcg_at_10")}
+                       if k in ("ndcg_at_10", "recall_at_10", "recall_at_50", "map_at_10", "auc",
+                                 "lift_over_popular.ndcg_at_10", "lift_over_best_baseline.ndcg_at_10")}
         version = registry.register(result.run_id, metrics=key_metrics, trigger="main").version
         out.update(registered_version=str(version))
         try:

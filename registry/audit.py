@@ -19,6 +19,9 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 
+from ml.secrets import mask_dsn, resolve_secret_ref
+from ml.settings import get_settings, secret_value
+
 TABLE = "towerops_stage_audit"
 _metadata = sa.MetaData()
 audit_table = sa.Table(
@@ -43,7 +46,7 @@ audit_table = sa.Table(
 
 def default_actor() -> str:
     try:
-        return os.environ.get("TOWEROPS_ACTOR") or getpass.getuser()
+        return get_settings().actor or getpass.getuser()
     except Exception:  # noqa: BLE001
         return "unknown"
 
@@ -72,24 +75,67 @@ class AuditEntry:
         return d
 
 
+class LocalAuditError(PermissionError):
+    """A local SQLite audit file behind a remote tracking server: other hosts would keep another history."""
+
+
 def audit_url(url: str | None = None) -> str:
-    """$TOWEROPS_AUDIT_DB_URL, else the PostgreSQL tracking backend, else SQLite `towerops_audit.db`
-    (next to mlflow.db on the embedded default). Behind an HTTP tracking server, set
-    TOWEROPS_AUDIT_DB_URL to the team's PostgreSQL so the trail is shared."""
-    url = url or os.environ.get("TOWEROPS_AUDIT_DB_URL")
+    """`url`, else $TOWEROPS_AUDIT_DB_URL, else `audit.url` of the platform config (towerops.yaml),
+    else the PostgreSQL tracking backend, else SQLite `towerops_audit.db` next to mlflow.db on the
+    embedded default. Behind an HTTP tracking server the fallback is a local file in the platform
+    config's folder, which `AuditLog.locked` refuses unless allowed (`audit.allow_local`):
+    set `audit.url` to the team's PostgreSQL so every host shares one trail."""
+    url = resolve_secret_ref(url or secret_value(get_settings().audit_db_url), "audit database URL")  # env:VAR works
     if not url:
+        from ml.platform import configured_audit_url
+
+        configured = configured_audit_url()
+        url = configured.value if configured is not None else None
+    if not url:
+        from ml.platform import load_platform
+
         tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
         if tracking.startswith("postgresql"):
             url = tracking                                  # same PostgreSQL, own table
         elif tracking.startswith("sqlite:///"):             # embedded default: a file next to mlflow.db
             url = "sqlite:///" + str(Path(tracking[len("sqlite:///"):]).with_name("towerops_audit.db"))
         else:
-            url = "sqlite:///towerops_audit.db"
+            url = "sqlite:///" + str(load_platform().base_dir.resolve() / "towerops_audit.db")
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
+
+
+def local_audit_problem(url: str, tracking: str | None = None) -> str | None:
+    """Why a SQLite audit trail would not be shared (the tracking server is remote), else None."""
+    from ml.platform import audit_allow_local, is_remote_tracking
+
+    tracking = tracking if tracking is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not (url.startswith("sqlite") and is_remote_tracking(tracking)):
+        return None
+    if audit_allow_local().value:
+        return None
+    from ml.secrets import redact_url
+
+    return (f"the tracking server {redact_url(tracking)} is shared, but the audit trail is the local file "
+            f"{url[len('sqlite:///'):]}: other hosts (the webhook receiver, reconcile, other laptops) would keep "
+            "another history. Set audit.url in towerops.yaml (e.g. env:TOWEROPS_AUDIT_DB_URL, the team's "
+            "PostgreSQL) or $TOWEROPS_AUDIT_DB_URL; to use a local file anyway (one person, one host) set "
+            "audit.allow_local: true or pass --allow-local-audit")
+
+
+class _HeldLock:
+    """A held lock; `close()` releases it (once)."""
+
+    def __init__(self, release: Any) -> None:
+        self._release = release
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class AuditLog:
@@ -111,15 +157,50 @@ class AuditLog:
             _metadata.create_all(self.engine, checkfirst=True)
         except sa.exc.OperationalError as exc:
             safe = self.engine.url.render_as_string(hide_password=True)
-            raise ConnectionError(f"audit database {safe} is not reachable: {exc.orig}") from None
+            raise ConnectionError(f"audit database {safe} is not reachable: {mask_dsn(str(exc.orig))}") from None
 
     @contextmanager
     def locked(self, model_name: str) -> Iterator[sa.Connection]:
         """A transaction that holds the model's lock until commit."""
+        from ml.settings import check_store_writable
+
+        problem = local_audit_problem(self.url)
+        if problem:  # checked before every write: no promotion against a trail other hosts do not see
+            raise LocalAuditError(problem)
+        check_store_writable()  # every registry write comes through here: a read-only mlflow.db is named
+        check_store_writable(self.url, "audit database")
         with self.engine.begin() as conn:
             if not self.is_sqlite:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"towerops:{model_name}"})
             yield conn
+
+    def activation_lock(self, model_name: str) -> "_HeldLock":
+        """The model's deployment lock (who moves the storage pointer), held until `.close()`.
+
+        Why in the audit database: every process that promotes shares it, so it serialises the
+        "still production?" check and the pointer write across hosts even when there is no
+        `model_versions` database (whose own lock is the same PostgreSQL advisory key)."""
+        key = f"towerops-deploy:{model_name}"
+        if self.is_sqlite:
+            import fcntl
+
+            db = Path(self.engine.url.database or "towerops_audit.db")
+            path = db.with_name(f"{db.name}.deploy-{model_name}.lock")
+            handle = open(path, "a+")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            return _HeldLock(lambda: (fcntl.flock(handle, fcntl.LOCK_UN), handle.close()))
+        conn = self.engine.connect()
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+        conn.commit()
+
+        def release() -> None:
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+                conn.commit()
+            finally:
+                conn.close()
+
+        return _HeldLock(release)
 
     def record(self, conn: sa.Connection, entry: AuditEntry) -> AuditEntry:
         entry.created_at = entry.created_at or datetime.now(timezone.utc)

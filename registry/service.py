@@ -24,24 +24,23 @@ def sync(registry_config: str | None = None, deploy_config: str | None = None, v
     if holder is None:
         raise ValueError(f"{registry.name} has no production version in the registry; promote one first "
                          "(towerops promote --version N)")
-    hook = RegistryDeployHook(config, deploy_config)
+    hook = RegistryDeployHook(config, deploy_config, audit=registry.audit)
     return sync_registry_version(registry.name, holder, registry.version(holder), config, activate=True,
                                  stack=hook._production_stack(registry.name),
-                                 precondition=hook._still_production(registry.name, holder))
+                                 precondition=hook._still_production(registry.name, holder),
+                                 activation_lock=hook._activation_lock())
 
 
 def open_registry(config_path: str | None = None, name: str | None = None, deploy: bool = True,
                   audit_url: str | None = None) -> ModelRegistry:
-    """A registry from `configs/registry.yaml`-style config, with the configured deployment hook."""
+    """The registry as configured: `config_path` (a registry YAML) or the `registry` section of the
+    platform config (towerops.yaml: model name, gate, cut-offs), its audit trail (`audit.url`), and
+    the deployment hook of the `deployment` section. Every process (CLI, webhook receiver,
+    reconcile, monitoring's rollback) opens it here, so all of them gate and deploy alike."""
+    from registry.deploy.hook import deploy_hook_from_env
     from registry.gate import load_registry_config
 
     config = load_registry_config(config_path)
-    hook = None
-    if deploy:
-        try:
-            from registry.deploy.hook import deploy_hook_from_env
-        except ImportError:  # deployment not configured in this build
-            deploy_hook_from_env = None
-        if deploy_hook_from_env is not None:
-            hook = deploy_hook_from_env()
-    return ModelRegistry(config=config, name=name, audit=AuditLog(audit_url), deploy_hook=hook)
+    audit = AuditLog(audit_url)
+    hook = deploy_hook_from_env(audit=audit) if deploy else None
+    return ModelRegistry(config=config, name=name, audit=audit, deploy_hook=hook)

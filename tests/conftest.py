@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support.helpers import free_port, wait_for_port  # noqa: F401  (re-exported for tests)
+from support.helpers import PortClash, is_port_clash, start_on_free_port, wait_for_port  # noqa: F401
 
 pytest_plugins = ["support.servers"]  # mlflow server and loopback-server fixtures
 
@@ -46,7 +46,6 @@ def _find_pg_bin(name: str) -> str | None:
 class _ThrowawayCluster:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="towerops-pg-"))
-        self.port = free_port()
         initdb, pg_ctl = _find_pg_bin("initdb"), _find_pg_bin("pg_ctl")
         if not (initdb and pg_ctl):
             raise RuntimeError("initdb/pg_ctl not found")
@@ -58,10 +57,20 @@ class _ThrowawayCluster:
             run_as = ["runuser", "-u", "postgres", "--"]
         subprocess.run(run_as + [initdb, "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust"],
                        check=True, capture_output=True, env=env)
-        subprocess.run(run_as + [pg_ctl, "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
-                                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True, env=env)
         self.run_as = run_as
+
+        def start(port: int) -> int:
+            proc = subprocess.run(run_as + [pg_ctl, "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                                            "-o", f"-p {port} -k {self.dir} -c listen_addresses=127.0.0.1", "start"],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                log = (self.dir / "log").read_text(errors="replace") if (self.dir / "log").exists() else ""
+                if is_port_clash(log + proc.stderr):
+                    raise PortClash(f"port {port}: {proc.stderr.strip()}")
+                raise RuntimeError(f"pg_ctl start failed: {proc.stderr.strip()}\n{log[-2000:]}")
+            return port
+
+        self.port = start_on_free_port(start)
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
@@ -127,7 +136,26 @@ def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
 
 
 _MLFLOW_PROCESS_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI",
-                       "TOWEROPS_AUDIT_DB_URL")
+                       "TOWEROPS_AUDIT_DB_URL",
+                       # set by `towerops --config` / `--allow-local-audit` for the process and its children
+                       "TOWEROPS_CONFIG", "TOWEROPS_AUDIT_ALLOW_LOCAL")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Log files of in-process code under the session's tmp dir, bound the way an entry point
+    binds them (`configure_logging`), before any test runs: nothing lands in the checkout's logs/."""
+    from ml.logs import configure_logging
+
+    logs = tmp_path_factory.getbasetemp() / "logs"
+    saved = os.environ.get("TOWEROPS_LOG_DIR")
+    os.environ["TOWEROPS_LOG_DIR"] = str(logs)
+    configure_logging(directory=logs)
+    yield
+    if saved is None:
+        os.environ.pop("TOWEROPS_LOG_DIR", None)
+    else:
+        os.environ["TOWEROPS_LOG_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +171,68 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# ----------------------------------------------------------------- a clean checkout
+# What the app writes relative to its working directory by default (logs, tracking store,
+# workspaces, deployments, state). After the session none of these may be new or changed in
+# the checkout, nor any new file at its top level: tests write under tmp paths only.
+_WRITTEN_BY_DEFAULT = ("logs", "mlruns", "mlartifacts", "mlflow.db", "monitoring_workspace", "evidently_workspace",
+                       "deployments", ".towerops", "data", "models", "outputs", "best_config.json",
+                       "towerops_audit.db", ".hypothesis")
+
+
+def _checkout_state() -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every file under the default output paths, and the names of top-level files."""
+    state: dict[str, tuple[int, int]] = {}
+    for name in _WRITTEN_BY_DEFAULT:
+        root = REPO_ROOT / name
+        for path in [root] if root.is_file() else (root.rglob("*") if root.is_dir() else []):
+            if path.is_file():
+                st = path.stat()
+                state[str(path.relative_to(REPO_ROOT))] = (st.st_mtime_ns, st.st_size)
+    for path in REPO_ROOT.iterdir():
+        if path.is_file():
+            state.setdefault(path.name, (0, 0))
+    return state
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_CHECKOUT_KEY] = _checkout_state()
+    factory = getattr(session.config, "_tmp_path_factory", None)  # hypothesis' example database, not ./.hypothesis
+    base = factory.getbasetemp() if factory is not None else Path(tempfile.mkdtemp(prefix="towerops-tests-"))
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(base / "hypothesis"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_CHECKOUT_KEY, None)
+    if before is None:
+        return
+    after = _checkout_state()
+    dirty = sorted(p for p, v in after.items() if before.get(p) != v)
+    if dirty:
+        shown = "\n  ".join(dirty[:20]) + (f"\n  ... and {len(dirty) - 20} more" if len(dirty) > 20 else "")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (f"the tests wrote into the checkout ({REPO_ROOT}); every test must write under tmp paths "
+                   f"(TOWEROPS_LOG_DIR, MLFLOW_TRACKING_URI, workspace/deploy folders):\n  {shown}")
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_CHECKOUT_KEY = pytest.StashKey[dict]()
+
+
+# ----------------------------------------------------------------- markers
+# Fixtures that train a model: a test using one (directly or through another fixture) is `slow`,
+# like a test that trains on its own (those carry the marker themselves).
+TRAINING_FIXTURES = frozenset({"tiny_model_dir", "logged_model", "registry_env"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 # ----------------------------------------------------------------- tiny models
@@ -178,3 +268,17 @@ def tiny_model_dir(tiny_synth, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("tiny_model")
     create_standard_trainer(model_dir=out, config=TINY_CONFIG).train(dataset=tiny_synth.dataset)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _towerops_logs_reach_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """`configure_logging` stops towerops loggers propagating to the root (no double lines on a
+    terminal), so caplog's root handler would miss them once any test configured logging."""
+    import logging
+
+    base = logging.getLogger("towerops")
+    base.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        base.removeHandler(caplog.handler)

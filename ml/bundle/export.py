@@ -4,11 +4,17 @@
     keras/two_tower.keras, keras/user_tower.keras, keras/item_tower.keras
     saved_model/user_tower/, saved_model/item_tower/        (TensorFlow SavedModel, `serve`)
     preprocessing/pipeline.joblib, preprocessing/spec.json   (fitted FeaturePipeline)
-    embeddings/item_ids.json, item_embeddings.npy, item_features.npy, item_popularity.npy
-    users/user_ids.json, user_embeddings.npy, seen_indptr.npy, seen_items.npy, seen_labels.npy
+    embeddings/item_ids.json, item_embeddings.npy, item_features.npy, item_popularity.npy,
+               item_id_table.npy                          (ID stage: catalog rows + OOV row last)
+    users/user_ids.json, user_embeddings.npy, seen_indptr.npy, seen_items.npy, seen_labels.npy,
+          user_id_table.npy                               (ID stage: user rows + OOV row last)
 
-Item embeddings are computed once here so serving scores a catalog with one matrix
-product; known users' embeddings likewise, while cold users go through the user tower.
+The Keras towers saved here are the Dense-only cores; their inputs are [content ; ID
+vectors] built by `ml.model.inputs` from the two tables (items or users without a training
+interaction carry the OOV row). Item embeddings are computed once here so serving scores a
+catalog with one matrix product; known users' embeddings likewise, while cold users go
+through the user tower from the history in the request. `metadata.json` carries the
+embedding health of the exported embeddings (`ml.model.health`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml.logs import get_logger
+from ml.model.inputs import item_tower_inputs, user_tower_inputs
 
 if TYPE_CHECKING:
     from ml.data.schema import Dataset
@@ -28,13 +35,24 @@ if TYPE_CHECKING:
 
 log = get_logger("training")
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: Dense cores over [content ; ID vectors], id tables
 
 
 def _embed(tower: Any, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     if len(features) == 0:
         return np.zeros((0, tower.output_shape[-1]), dtype=np.float32)
     return np.asarray(tower.predict(features, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def exported_health(model: Any, item_x: np.ndarray, item_emb: np.ndarray, user_x: np.ndarray,
+                    user_emb: np.ndarray) -> dict[str, float]:
+    """Health of the exported embeddings (a fixed sample of rows), dead units from the towers' cores."""
+    from ml.model.health import dense_layers, embedding_health, forward, sample_rows
+
+    items, users = sample_rows(len(item_x)), sample_rows(len(user_x))
+    _, item_hidden = forward(item_x[items], dense_layers(model.item_tower))
+    _, user_hidden = forward(user_x[users], dense_layers(model.user_tower))
+    return embedding_health(item_emb[items], user_emb[users], {**user_hidden, **item_hidden})
 
 
 def export_bundle(trainer: "TwoTowerTrainer", dataset: "Dataset", fingerprint: dict[str, Any]) -> Path:
@@ -52,16 +70,21 @@ def export_bundle(trainer: "TwoTowerTrainer", dataset: "Dataset", fingerprint: d
     model.item_tower.export(str(out / "saved_model" / "item_tower"), verbose=False)
     pl.save(out / "preprocessing")
 
-    item_emb = _embed(model.item_tower, p.item_vectors)
+    tables = trainer.id_tables()
+    item_x = item_tower_inputs(p.item_vectors, tables)
+    item_emb = _embed(model.item_tower, item_x)
     np.save(out / "embeddings" / "item_embeddings.npy", item_emb)
+    np.save(out / "embeddings" / "item_id_table.npy", tables.item)
+    np.save(out / "users" / "user_id_table.npy", tables.user)
     np.save(out / "embeddings" / "item_features.npy", p.item_vectors)
     popularity = np.bincount(p.item_rows[p.labels == 1], minlength=len(p.item_ids)).astype(np.int64)
     np.save(out / "embeddings" / "item_popularity.npy", popularity)
     (out / "embeddings" / "item_ids.json").write_text(json.dumps([str(i) for i in p.item_ids]))
 
     n_users = len(p.user_ids)
-    user_feats = pl.user_matrix(p.profiles, p.item_vectors, p.user_rows, p.item_rows, p.labels, n_users)
-    np.save(out / "users" / "user_embeddings.npy", _embed(model.user_tower, user_feats))
+    user_x = user_tower_inputs(pl, p.item_vectors, tables, p.profiles, p.user_rows, p.item_rows, p.labels)
+    user_emb = _embed(model.user_tower, user_x)
+    np.save(out / "users" / "user_embeddings.npy", user_emb)
     np.save(out / "users" / "profiles.npy", p.profiles)
     order = np.lexsort((p.item_rows, p.user_rows))
     indptr = np.r_[0, np.cumsum(np.bincount(p.user_rows, minlength=n_users))].astype(np.int64)
@@ -78,6 +101,10 @@ def export_bundle(trainer: "TwoTowerTrainer", dataset: "Dataset", fingerprint: d
         "feature_schema_hash": pl.schema_hash(),
         "item_dim": pl.item_dim,
         "user_dim": pl.user_dim,
+        "id_embedding_dim": tables.dim,
+        "n_known_items": int(p.item_known.sum()),
+        "n_known_users": int(p.user_known.sum()),
+        "health": exported_health(model, item_x, item_emb, user_x, user_emb),
         "n_items": int(len(p.item_ids)),
         "n_users": int(n_users),
         "data_fingerprint": fingerprint,

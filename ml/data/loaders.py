@@ -7,7 +7,6 @@ normalised `Dataset` and are checked by the same rules with the same error repor
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pandas as pd
 from ml.data.schema import TAG_SEPARATOR, Dataset
 from ml.data.validation import DataValidationError, Problem, validate_dataset
 from ml.logs import get_logger
+from ml.secrets import describe_secret, mask_dsn, resolve_secret_ref
 
 log = get_logger("training")
 
@@ -42,12 +42,58 @@ def find_table_file(folder: str | Path, table: str) -> Path | None:
     return found[0] if found else None
 
 
+class TableFileError(ValueError):
+    """A table file that cannot be read as a table (empty, wrong delimiter); `fix` says what to do."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def _header_line(path: Path) -> str | None:
+    """The first non-empty line of a CSV (gzip too); None for a file with no text at all."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                return line.rstrip("\r\n")
+    return None
+
+
+def check_csv_shape(path: str | Path) -> None:
+    """Raise TableFileError for an empty CSV, or one whose header is split by ';', tabs or '|' instead of commas."""
+    path = Path(path)
+    header = _header_line(path)
+    if header is None:
+        raise TableFileError(f"the file is empty ({path.stat().st_size} bytes, no header row)",
+                             "export the table with a header row naming its columns and one row per record "
+                             "(see ml/data/schema.py for the columns)")
+    if "," in header:
+        return
+    counts = {d: header.count(d) for d in DELIMITERS}
+    delimiter = max(counts, key=lambda d: counts[d])
+    if counts[delimiter]:
+        raise TableFileError(f"the header is separated by {DELIMITERS[delimiter]} ({delimiter!r}), not commas: "
+                             f"{header[:120]!r}", "save the file as comma-separated CSV (in a spreadsheet: CSV "
+                             f"'comma delimited'; in pandas: to_csv(path, sep=',')), or convert it: "
+                             f"pandas.read_csv(path, sep={delimiter!r}).to_csv(path, index=False)")
+
+
 def read_table_file(path: str | Path) -> pd.DataFrame:
-    """Read one CSV/Parquet file with id columns kept as strings (so '007' stays '007')."""
+    """Read one CSV/Parquet file with id columns kept as strings (so '007' stays '007').
+
+    An empty CSV or one separated by another delimiter raises TableFileError with the fix.
+    """
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".parquet") or name.endswith(".pq"):
         return pd.read_parquet(path)
+    check_csv_shape(path)
     return pd.read_csv(
         path,
         dtype={c: str for c in ID_COLUMNS},
@@ -56,19 +102,36 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
     )
 
 
-def load_folder(path: str | Path) -> Dataset:
-    """Load users/items/interactions from a folder of CSV or Parquet files and validate them."""
+def read_user_ids(path: str | Path) -> list[str]:
+    """The `user_id` column of a CSV/Parquet file, as strings (A/B assignment input)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"users file {path} does not exist: pass a CSV/Parquet with a user_id column")
+    frame = read_table_file(path)
+    if "user_id" not in frame.columns:
+        raise ValueError(f"{path}: no user_id column (found {list(frame.columns)}); add a user_id header")
+    return frame["user_id"].astype(str).tolist()
+
+
+def load_folder(path: str | Path, rating_scale: Any = "auto", like_threshold: float | None = None) -> Dataset:
+    """Load users/items/interactions from a folder of CSV or Parquet files and validate them.
+
+    `rating_scale` / `like_threshold`: the config's `data.*` (how ratings become likes)."""
     folder = Path(path)
     expected = ", ".join(f"<table>{s}" for s in FILE_SUFFIXES)
     if not folder.is_dir():
+        shown = mask_dsn(str(path))  # a mistyped DSN (e.g. postgresql+psycopg2://) lands here: no password shown
+        fix = f"point to a folder holding users, items and interactions files ({expected})"
+        if "://" in shown:
+            fix += ", or a postgresql://USER@HOST:PORT/DB DSN (env:VAR to read it from the environment)"
         raise DataValidationError(
             [
                 Problem(
                     table="dataset",
-                    source=str(folder),
+                    source=shown,
                     column=None,
-                    message=f"data folder {folder} does not exist or is not a folder",
-                    fix=f"point to a folder holding users, items and interactions files ({expected})",
+                    message=f"data folder {shown} does not exist or is not a folder",
+                    fix=fix,
                 )
             ]
         )
@@ -92,6 +155,8 @@ def load_folder(path: str | Path) -> Dataset:
         sources[table] = str(file)
         try:
             frames[table] = read_table_file(file)
+        except TableFileError as exc:
+            problems.append(Problem(table=table, source=str(file), column=None, message=str(exc), fix=exc.fix))
         except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
             problems.append(
                 Problem(
@@ -111,7 +176,8 @@ def load_folder(path: str | Path) -> Dataset:
         folder,
         {t: len(f) for t, f in frames.items()},
     )
-    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources)
+    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources,
+                            rating_scale=rating_scale, like_threshold=like_threshold)
 
 
 def _iso(series: pd.Series) -> pd.Series:
@@ -138,9 +204,9 @@ def _join_tags(value: Any) -> str:
     return str(value)
 
 
-def _drop_derived_label(interactions: pd.DataFrame) -> pd.DataFrame:
+def _drop_derived_label(interactions: pd.DataFrame, like_threshold: float = 0.5) -> pd.DataFrame:
     """Drop `label` when `decision` or `rating` already says the same (it is recomputed on load)."""
-    from ml.data.schema import LIKE_THRESHOLD, LIKE_VALUES
+    from ml.data.schema import LIKE_VALUES
 
     if "label" not in interactions.columns:
         return interactions
@@ -151,7 +217,7 @@ def _drop_derived_label(interactions: pd.DataFrame) -> pd.DataFrame:
             return interactions.drop(columns=["label"])
     if "rating" in interactions.columns:
         rating = pd.to_numeric(interactions["rating"], errors="coerce").to_numpy()
-        if not np.isnan(rating).any() and np.array_equal((rating >= LIKE_THRESHOLD).astype(np.int8), label.astype(np.int8)):
+        if not np.isnan(rating).any() and np.array_equal((rating >= like_threshold).astype(np.int8), label.astype(np.int8)):
             return interactions.drop(columns=["label"])
     return interactions
 
@@ -176,7 +242,8 @@ def write_folder(dataset: Dataset, path: str | Path, fmt: str = "csv") -> dict[s
     tables = {
         "users": dataset.users,
         "items": dataset.items,
-        "interactions": _drop_derived_label(dataset.interactions),
+        "interactions": _drop_derived_label(dataset.interactions,
+                                            dataset.ratings.scale.like_threshold if dataset.ratings else 0.5),
     }
     written: dict[str, Path] = {}
     for table, frame in tables.items():
@@ -198,20 +265,6 @@ def write_folder(dataset: Dataset, path: str | Path, fmt: str = "csv") -> dict[s
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-_PASSWORD_PATTERNS = (
-    re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE),
-    re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE),
-)
-
-
-def mask_dsn(text: str, password: str | None = None) -> str:
-    """Replace any password in a DSN (URL or key=value form) or message with '***'."""
-    masked = text
-    for pattern in _PASSWORD_PATTERNS:
-        masked = pattern.sub(lambda m: m.group(1) + "***" + (m.group(3) if m.lastindex and m.lastindex >= 3 else ""), masked)
-    if password:
-        masked = masked.replace(password, "***")
-    return masked
 
 
 def _dsn_parts(dsn: str) -> dict[str, str]:
@@ -263,9 +316,15 @@ def load_postgres(
     tables: dict[str, str] | None = None,
     queries: dict[str, str] | None = None,
     connect_timeout: int = 10,
+    rating_scale: Any = "auto",
+    like_threshold: float | None = None,
 ) -> Dataset:
-    """Read users/items/interactions from PostgreSQL (tables or custom SELECTs) and validate them."""
+    """Read users/items/interactions from PostgreSQL (tables or custom SELECTs) and validate them.
+
+    `dsn` may be `env:VAR` (read from the environment now, so the password is never a parameter)."""
     from psycopg2 import sql
+
+    dsn = resolve_secret_ref(dsn, "DSN") or ""
 
     tables = {**{t: t for t in TABLE_NAMES}, **(tables or {})}
     queries = dict(queries or {})
@@ -304,7 +363,8 @@ def load_postgres(
     finally:
         conn.close()
     log.info("loaded from PostgreSQL: %s", {t: len(f) for t, f in frames.items()})
-    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources)
+    return validate_dataset(frames["users"], frames["items"], frames["interactions"], sources=sources,
+                            rating_scale=rating_scale, like_threshold=like_threshold)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -315,19 +375,32 @@ def is_postgres_dsn(source: str) -> bool:
 
 
 def load_dataset(source: str | Path, **kwargs: Any) -> Dataset:
-    """Load from a `postgresql://` DSN or a folder path, whichever `source` is."""
+    """Load from a `postgresql://` DSN or a folder path, whichever `source` is.
+
+    `source` may be `env:VAR`: the DSN (or folder) is read from that environment variable
+    here, at use time, so it never appears in MLflow params or command lines."""
+    if isinstance(source, str):
+        source = resolve_secret_ref(source, "data source") or ""
     if isinstance(source, str) and is_postgres_dsn(source):
         return load_postgres(source, **kwargs)
     return load_folder(source, **kwargs)
 
 
+def describe_source(source: str | Path) -> str:
+    """The data source as it may be logged or recorded: `env:VAR` as written, a DSN without its password."""
+    return describe_secret(str(source))
+
+
 __all__ = [
     "DatabaseConnectionError",
+    "describe_source",
     "find_table_file",
     "load_dataset",
     "load_folder",
     "load_postgres",
     "mask_dsn",
     "read_table_file",
+    "read_user_ids",
+    "TableFileError",
     "write_folder",
 ]

@@ -9,9 +9,12 @@ a normalised `Dataset` (parsed timestamps, a 0/1 `label` column on interactions)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ml.data.ratings import RatingInfo
 
 Kind = Literal["id", "str", "text", "tags", "float", "int", "datetime", "label"]
 
@@ -47,7 +50,8 @@ INTERACTIONS_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("user_id", "id", doc="must exist in users"),
     ColumnSpec("item_id", "id", doc="must exist in items"),
     ColumnSpec("decision", "label", required=False, doc="'like' or 'nope' (either this or rating)"),
-    ColumnSpec("rating", "float", required=False, doc="number in [0, 1]; >= 0.5 counts as a like"),
+    ColumnSpec("rating", "float", required=False,
+               doc="0-1 score or 1-5 / 1-10 stars (see ml.data.ratings); >= 4 of 5 (0.5 on 0-1) is a like"),
     ColumnSpec("timestamp", "datetime", doc="when the swipe happened (ISO 8601 or epoch seconds)"),
 )
 
@@ -59,8 +63,6 @@ TABLES: dict[str, tuple[ColumnSpec, ...]] = {
 
 LIKE_VALUES = frozenset({"like", "liked", "yes", "right", "1", "true"})
 NOPE_VALUES = frozenset({"nope", "dislike", "no", "left", "0", "false"})
-RATING_RANGE = (0.0, 1.0)
-LIKE_THRESHOLD = 0.5
 TAG_SEPARATOR = "|"
 
 
@@ -68,16 +70,19 @@ TAG_SEPARATOR = "|"
 class Dataset:
     """The three tables after validation.
 
-    `interactions` always carries `label` (1 = like, 0 = nope) and a timezone-naive
-    UTC `timestamp`; `items.tags` is a list of strings per row; `items.released_at`
-    is a timestamp (NaT allowed). `sources` maps table name to where it came from
-    (file path, `postgres:<table>` or `synthetic`) for error messages and lineage.
+    `interactions` always carries `label` (1 = like, 0 = nope), `rating` (float32 on
+    its own scale; on 0-1 filled from the label where missing, NaN on star scales) and a
+    timezone-naive UTC `timestamp`; `items.tags` is a list of strings per row;
+    `items.released_at` is a timestamp (NaT allowed). `sources` maps table name to where
+    it came from (file path, `postgres:<table>` or `synthetic`) for error messages and
+    lineage. `ratings` says which scale turned ratings into labels (None: no ratings).
     """
 
     users: pd.DataFrame
     items: pd.DataFrame
     interactions: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
+    ratings: "RatingInfo | None" = None
 
     @property
     def profile_columns(self) -> list[str]:

@@ -243,6 +243,96 @@ def _ratio_mean_var(likes: np.ndarray, swipes: np.ndarray) -> tuple[float, float
     return r, float((vx - 2 * r * cxy + r * r * vy) / (n * my * my))
 
 
+def _check_analysis_args(unit: str, alpha: float, power: float, mde: float) -> None:
+    if unit not in ("swipe", "user"):
+        raise ValueError(f"unit={unit!r} must be 'swipe' or 'user'")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha={alpha} and power={power} must be in (0, 1), e.g. 0.05 and 0.8")
+    if mde <= 0:
+        raise ValueError(f"mde={mde} must be a positive relative change, e.g. 0.05 for 5%")
+
+
+def _arm_stats(frame: pd.DataFrame, control: str | None, weights: Mapping[str, float] | None
+               ) -> tuple[str, dict[str, ArmStats]]:
+    """(control arm, stats per arm with the control first); ValueError for a missing control or one arm."""
+    names = sorted(frame["arm"].unique())
+    if control is None:
+        control = "control" if "control" in names else names[0]
+    if control not in names:
+        raise ValueError(f"control arm {control!r} has no outcomes; arms present: {names}. Pass --control <arm>")
+    if len(names) < 2:
+        raise ValueError(f"the outcomes hold only arm {names[0]!r}: an A/B test needs at least two arms")
+    stats: dict[str, ArmStats] = {}
+    for name in [control] + [n for n in names if n != control]:
+        sub = frame[frame["arm"] == name]
+        likes, swipes = int(sub["liked"].sum()), int(len(sub))
+        stats[name] = ArmStats(arm=name, users=int(sub["user_id"].nunique()), swipes=swipes, likes=likes,
+                               like_rate=likes / swipes, expected_share=(weights or {}).get(name))
+    return control, stats
+
+
+def _sample_ratio_mismatch(stats: Mapping[str, ArmStats], weights: Mapping[str, float],
+                           warnings: list[str]) -> float:
+    """Chi-square p-value of the users per arm against the configured split (a warning below 0.001)."""
+    from scipy.stats import chisquare
+
+    unknown = [n for n in stats if n not in weights]
+    if unknown:
+        raise ValueError(f"outcomes hold arm(s) {unknown} that are not in the configured arms {list(weights)}")
+    observed = np.array([stats[n].users if n in stats else 0 for n in weights], dtype=float)
+    expected = np.array(list(weights.values())) * observed.sum()
+    srm_p = float(chisquare(observed, expected).pvalue)
+    if srm_p < 0.001:
+        warnings.append(f"sample ratio mismatch: users per arm {dict(zip(weights, observed.astype(int)))} are unlikely "
+                        f"under the configured split {dict(weights)} (chi-square p={srm_p:.2g}); check the assignment "
+                        "and logging before trusting the result")
+    return srm_p
+
+
+def _difference(c: ArmStats, t: ArmStats, per_user: pd.DataFrame, unit: str,
+                alpha: float) -> tuple[float, float, float, float, float]:
+    """(difference, CI low, CI high, z, p) of treatment - control in the chosen unit of analysis."""
+    from scipy.stats import norm
+
+    if unit == "swipe":
+        return two_proportion_test(c.likes, c.swipes, t.likes, t.swipes, alpha)
+    uc, ut = per_user[per_user["arm"] == c.arm], per_user[per_user["arm"] == t.arm]
+    rc, vc = _ratio_mean_var(uc["sum"].to_numpy(float), uc["count"].to_numpy(float))
+    rt, vt = _ratio_mean_var(ut["sum"].to_numpy(float), ut["count"].to_numpy(float))
+    diff, se = rt - rc, math.sqrt(vc + vt)
+    ok = se > 0 and math.isfinite(se)
+    z = diff / se if ok else 0.0
+    p = float(2 * norm.sf(abs(z))) if ok else 1.0
+    half = norm.ppf(1 - alpha / 2) * se
+    return diff, diff - half, diff + half, z, p
+
+
+def _compare(c: ArmStats, t: ArmStats, per_user: pd.DataFrame, unit: str, alpha: float, power: float, mde: float,
+             min_per_arm: int, warnings: list[str]) -> ArmComparison:
+    """One treatment against the control, with the decision and any warning about the sample."""
+    diff, lo, hi, z, p = _difference(c, t, per_user, unit, alpha)
+    base = c.like_rate
+    rel, rel_lo, rel_hi = ((diff / base, lo / base, hi / base) if base > 0 else (float("nan"),) * 3)
+    required = max(min_per_arm, required_sample_per_arm(base, mde, alpha, power))
+    smallest = min(c.swipes, t.swipes)
+    significant = p < alpha
+    if significant:
+        decision = f"{t.arm} is better" if diff > 0 else f"{c.arm} is better"
+        if smallest < min_per_arm:
+            warnings.append(f"{t.arm} vs {c.arm}: significant, but with only {smallest} swipes in an arm "
+                            f"(< {min_per_arm}) the normal approximation is shaky; keep collecting")
+    elif smallest < required:
+        decision = "inconclusive: sample too small"
+        warnings.append(f"{t.arm} vs {c.arm}: sample too small to decide: {smallest} swipes in the smaller arm, "
+                        f"about {required} per arm are needed to detect a {mde:.0%} relative change at a "
+                        f"{base:.1%} like rate (alpha={alpha}, power={power})")
+    else:
+        decision = "no significant difference"
+    return ArmComparison(treatment=t.arm, control=c.arm, difference=diff, ci_low=lo, ci_high=hi, relative_lift=rel,
+                         relative_ci_low=rel_lo, relative_ci_high=rel_hi, z=z, p_value=p, significant=significant,
+                         required_per_arm=required, decision=decision)
+
+
 def analyze_outcomes(outcomes: pd.DataFrame, control: str | None = None, alpha: float = 0.05, power: float = 0.8,
                      mde: float = 0.05, min_per_arm: int = 100, unit: str = "swipe",
                      arms: str | Mapping[str, float] | None = None) -> ABResult:
@@ -253,85 +343,17 @@ def analyze_outcomes(outcomes: pd.DataFrame, control: str | None = None, alpha: 
     control's like rate (or fewer than `min_per_arm`) and the difference is not
     significant. `arms` (the configured split) adds a sample-ratio-mismatch check.
     """
-    from scipy.stats import chisquare, norm
-
-    if unit not in ("swipe", "user"):
-        raise ValueError(f"unit={unit!r} must be 'swipe' or 'user'")
-    if not 0 < alpha < 1 or not 0 < power < 1:
-        raise ValueError(f"alpha={alpha} and power={power} must be in (0, 1), e.g. 0.05 and 0.8")
-    if mde <= 0:
-        raise ValueError(f"mde={mde} must be a positive relative change, e.g. 0.05 for 5%")
+    _check_analysis_args(unit, alpha, power, mde)
     frame = outcomes if "liked" in outcomes.columns else normalise_outcomes(outcomes)
     if frame.empty:
         raise ValueError("the outcomes hold no rows: nothing to analyse")
-    names = sorted(frame["arm"].unique())
-    if control is None:
-        control = "control" if "control" in names else names[0]
-    if control not in names:
-        raise ValueError(f"control arm {control!r} has no outcomes; arms present: {names}. Pass --control <arm>")
-    if len(names) < 2:
-        raise ValueError(f"the outcomes hold only arm {names[0]!r}: an A/B test needs at least two arms")
-    per_user = frame.groupby(["arm", "user_id"])["liked"].agg(["sum", "count"]).reset_index()
     weights = parse_arms(arms) if arms is not None else None
-    stats: dict[str, ArmStats] = {}
-    for name in [control] + [n for n in names if n != control]:
-        sub = frame[frame["arm"] == name]
-        likes, swipes = int(sub["liked"].sum()), int(len(sub))
-        stats[name] = ArmStats(arm=name, users=int(sub["user_id"].nunique()), swipes=swipes, likes=likes,
-                               like_rate=likes / swipes, expected_share=(weights or {}).get(name))
+    control, stats = _arm_stats(frame, control, weights)
+    per_user = frame.groupby(["arm", "user_id"])["liked"].agg(["sum", "count"]).reset_index()
     warnings: list[str] = []
-    srm_p = None
-    if weights is not None:
-        unknown = [n for n in names if n not in weights]
-        if unknown:
-            raise ValueError(f"outcomes hold arm(s) {unknown} that are not in the configured arms {list(weights)}")
-        observed = np.array([stats[n].users if n in stats else 0 for n in weights], dtype=float)
-        expected = np.array(list(weights.values())) * observed.sum()
-        srm_p = float(chisquare(observed, expected).pvalue)
-        if srm_p < 0.001:
-            warnings.append(f"sample ratio mismatch: users per arm {dict(zip(weights, observed.astype(int)))} are unlikely "
-                            f"under the configured split {weights} (chi-square p={srm_p:.2g}); check the assignment and "
-                            "logging before trusting the result")
-    c = stats[control]
-    comparisons: list[ArmComparison] = []
-    z_crit = norm.ppf(1 - alpha / 2)
-    for name, t in stats.items():
-        if name == control:
-            continue
-        if unit == "swipe":
-            diff, lo, hi, z, p = two_proportion_test(c.likes, c.swipes, t.likes, t.swipes, alpha)
-        else:
-            uc = per_user[per_user["arm"] == control]
-            ut = per_user[per_user["arm"] == name]
-            rc, vc = _ratio_mean_var(uc["sum"].to_numpy(float), uc["count"].to_numpy(float))
-            rt, vt = _ratio_mean_var(ut["sum"].to_numpy(float), ut["count"].to_numpy(float))
-            diff, se = rt - rc, math.sqrt(vc + vt)
-            z = diff / se if se > 0 and math.isfinite(se) else 0.0
-            p = float(2 * norm.sf(abs(z))) if se > 0 and math.isfinite(se) else 1.0
-            lo, hi = diff - z_crit * se, diff + z_crit * se
-        base = c.like_rate
-        rel = diff / base if base > 0 else float("nan")
-        rel_lo = lo / base if base > 0 else float("nan")
-        rel_hi = hi / base if base > 0 else float("nan")
-        required = max(min_per_arm, required_sample_per_arm(base, mde, alpha, power))
-        smallest = min(c.swipes, t.swipes)
-        significant = p < alpha
-        if significant:
-            decision = f"{name} is better" if diff > 0 else f"{control} is better"
-            if smallest < min_per_arm:
-                warnings.append(f"{name} vs {control}: significant, but with only {smallest} swipes in an arm "
-                                f"(< {min_per_arm}) the normal approximation is shaky; keep collecting")
-        elif smallest < required:
-            decision = "inconclusive: sample too small"
-            warnings.append(f"{name} vs {control}: sample too small to decide: {smallest} swipes in the smaller arm, "
-                            f"about {required} per arm are needed to detect a {mde:.0%} relative change at a "
-                            f"{base:.1%} like rate (alpha={alpha}, power={power})")
-        else:
-            decision = "no significant difference"
-        comparisons.append(ArmComparison(
-            treatment=name, control=control, difference=diff, ci_low=lo, ci_high=hi, relative_lift=rel,
-            relative_ci_low=rel_lo, relative_ci_high=rel_hi, z=z, p_value=p, significant=significant,
-            required_per_arm=required, decision=decision))
+    srm_p = _sample_ratio_mismatch(stats, weights, warnings) if weights is not None else None
+    comparisons = [_compare(stats[control], t, per_user, unit, alpha, power, mde, min_per_arm, warnings)
+                   for name, t in stats.items() if name != control]
     for w in warnings:
         log.warning("A/B analysis: %s", w)
     return ABResult(arms=list(stats.values()), comparisons=comparisons, unit=unit, alpha=alpha, power=power,

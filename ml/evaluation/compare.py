@@ -104,7 +104,7 @@ def compare_evaluations(champion: Evaluation, challenger: Evaluation, n_bootstra
     if not np.array_equal(champion.user_ids, challenger.user_ids) or not np.array_equal(
             champion.split.rel_indptr, challenger.split.rel_indptr):
         raise ValueError("the two evaluations are not on the same held-out users; evaluate both on the same data and "
-                         "validation split")
+                         "split shares (validation_split, test_split)")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.95")
     if n_bootstrap < 100:
@@ -151,20 +151,19 @@ def compare_evaluations(champion: Evaluation, challenger: Evaluation, n_bootstra
 def compare_bundles(champion: str | Path, challenger: str | Path, dataset: "Dataset",
                     ks: Sequence[int] | str | None = None, metrics: Sequence[str] | str | None = None,
                     validation_split: float | None = None, n_bootstrap: int = 1000, confidence: float = 0.95,
-                    seed: int = 0) -> Comparison:
-    """Evaluate two bundles on one split (the champion's validation_split unless given) and compare them."""
+                    seed: int = 0, test_split: float | None = None) -> Comparison:
+    """Evaluate two bundles on one test part (the champion's split shares unless given) and compare them."""
     from ml.bundle.load import load_bundle
+    from ml.evaluation.protocol import split_shares
 
     champ = load_bundle(champion)
     chall = load_bundle(challenger)
-    if validation_split is None:
-        validation_split = float(champ.config.get("training", {}).get("validation_split", 0.2))
-        other = float(chall.config.get("training", {}).get("validation_split", 0.2))
-        if other != validation_split:
-            log.info("challenger trained with validation_split=%s; both are evaluated on the champion's %s",
-                     other, validation_split)
-    ev_a = evaluate_bundle(champ, dataset, ks, metrics, baselines=(), validation_split=validation_split, seed=seed)
-    ev_b = evaluate_bundle(chall, dataset, ks, metrics, baselines=(), validation_split=validation_split, seed=seed)
+    shares = split_shares(champ.config, validation_split, test_split)
+    other = split_shares(chall.config, validation_split, test_split)
+    if other != shares:
+        log.info("challenger trained with %s; both are evaluated on the champion's %s", other, shares)
+    ev_a = evaluate_bundle(champ, dataset, ks, metrics, baselines=(), seed=seed, **shares)
+    ev_b = evaluate_bundle(chall, dataset, ks, metrics, baselines=(), seed=seed, **shares)
     return compare_evaluations(ev_a, ev_b, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
 
 

@@ -199,31 +199,8 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def top_k_from_scores(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best columns per row, best first; -1 where fewer than k are finite.
-
-    argpartition then a sort of only k columns: O(n_items + k log k) per user.
-    Deterministic for given scores; inside the top k, ties go to the lower column index.
-    """
-    scores = np.asarray(scores)
-    n, m = scores.shape
-    k = int(min(k, m))
-    if k == 0 or n == 0:
-        return np.full((n, k), -1, dtype=np.int64)
-    if k < m:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(m), (n, m)).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    top = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
-    top[~np.isfinite(top_scores)] = -1
-    return top
-
-
 __all__ = [
     "ALL_METRICS", "CATALOG_METRICS", "DEFAULT_KS", "GLOBAL_METRICS", "RANKING_METRICS",
     "auc", "catalog_coverage", "hits_from_csr", "item_self_information", "metric_key", "novelty",
-    "parse_ks", "parse_metrics", "ranking_metrics", "top_k_from_scores",
+    "parse_ks", "parse_metrics", "ranking_metrics",
 ]

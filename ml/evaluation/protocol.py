@@ -1,4 +1,16 @@
-"""The one evaluation protocol: split, user embeddings from train history only, full ranking with seen items excluded, segments."""
+"""The one evaluation protocol: per-user time split, user vectors from the history before the
+evaluated part only, full ranking with history items excluded, the one top-k, segments.
+
+Tuning's objective (`ml.evaluation.validation.ValidationRanking`, the `valid` part), offline
+evaluation and the promotion gate (`ml.evaluation.evaluate.evaluate_bundle`, the `test` part)
+all build an `EvalSplit` here and rank with `rank_system`, so their numbers mean the same thing.
+
+Parts of the three-way split by time (`ml.data.split.time_split_per_user`):
+- `test` (offline evaluation, the gate): held out = each user's last `test_split` share;
+  history = train + validation (everything before it);
+- `valid` (early stopping, tuning): held out = the `validation_split` share before the test
+  part; history = train. The test part is never looked at.
+"""
 
 from __future__ import annotations
 
@@ -19,44 +31,67 @@ from ml.evaluation.metrics import (
     metric_key,
     novelty,
     ranking_metrics,
-    top_k_from_scores,
 )
+from ml.inference.scoring import top_k_indices
 from ml.logs import get_logger
 
 if TYPE_CHECKING:
     from ml.bundle.load import ModelBundle
     from ml.data.schema import Dataset
-    from ml.data.synthetic import SyntheticData
 
 log = get_logger("training")
 
 COLD_USER_THRESHOLD = 5
 SEGMENTS: tuple[str, ...] = ("all", "cold", "warm", "new_items")
-BASELINES: tuple[str, ...] = ("popular", "random")
+PARTS: tuple[str, ...] = ("test", "valid")
 ScoreFn = Callable[[np.ndarray], np.ndarray]
+"""Scores (len(rows), n_items) for evaluated users `rows` (indices into `EvalSplit.user_ids`)."""
 
 
 # ------------------------------------------------------------------ split
 @dataclass
+class History:
+    """The interactions before the evaluated part, for ALL users (rows of the users table)."""
+
+    user_rows: np.ndarray
+    item_rows: np.ndarray
+    labels: np.ndarray
+    n_users: int
+    n_items: int
+
+    def likes_matrix(self):
+        """Users x items CSR with 1.0 where the user liked the item in the history (duplicates once)."""
+        from scipy.sparse import csr_matrix
+
+        like = self.labels == 1
+        m = csr_matrix((np.ones(int(like.sum()), np.float32), (self.user_rows[like], self.item_rows[like])),
+                       shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+
+@dataclass
 class EvalSplit:
-    """Held-out relevance and train history of the users being evaluated, in catalog rows."""
+    """Held-out relevance and history of the users being evaluated, in catalog rows."""
 
     item_ids: list[str]
-    validation_split: float
+    part: str                       # "test" or "valid"
+    shares: dict[str, float]        # validation_split, test_split
     user_ids: np.ndarray            # evaluated users: those with >= 1 held-out interaction
-    user_rows: np.ndarray           # their rows in dataset.users
-    seen_indptr: np.ndarray         # train-swiped items per evaluated user (CSR, unique)
+    user_rows: np.ndarray           # their rows in the users table (History numbering)
+    seen_indptr: np.ndarray         # history items per evaluated user (CSR, unique)
     seen_items: np.ndarray
-    rel_indptr: np.ndarray          # held-out likes not swiped in train (CSR, unique)
+    rel_indptr: np.ndarray          # held-out likes not in the user's history (CSR, unique)
     rel_items: np.ndarray
-    n_train: np.ndarray             # train interactions per evaluated user
+    n_train: np.ndarray             # history interactions per evaluated user
     pair_user: np.ndarray           # held-out interactions: evaluated-user index, item row, label
     pair_item: np.ndarray
     pair_label: np.ndarray
-    item_train_users: np.ndarray    # distinct train users per item (novelty)
-    item_train_likes: np.ndarray    # train likes per item (popularity baseline)
+    item_train_users: np.ndarray    # distinct history users per item (novelty)
+    item_train_likes: np.ndarray    # history likes per item (popularity baseline)
     n_train_users: int
-    user_inputs: np.ndarray | None = None  # user-tower inputs from train history (evaluated users)
+    history: History
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -71,13 +106,25 @@ class EvalSplit:
     def new_item_mask(self) -> np.ndarray:
         return self.item_train_users == 0
 
+    @property
+    def validation_split(self) -> float:
+        return float(self.shares.get("validation_split", 0.0))
+
+    @property
+    def test_split(self) -> float:
+        return float(self.shares.get("test_split", 0.0))
+
+    def describe(self) -> str:
+        """`test part (test_split=0.2, validation_split=0.1)`, for messages and reports."""
+        return f"{self.part} part (test_split={self.test_split:g}, validation_split={self.validation_split:g})"
+
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique (row, col) pairs as CSR (indptr, cols sorted within a row)."""
     if len(rows) == 0:
         return np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    keys = np.unique(rows.astype(np.int64) * (int(cols.max()) + 1) + cols.astype(np.int64))
     width = int(cols.max()) + 1
+    keys = np.unique(rows.astype(np.int64) * width + cols.astype(np.int64))
     r, c = keys // width, keys % width
     indptr = np.r_[0, np.cumsum(np.bincount(r, minlength=n_rows))].astype(np.int64)
     return indptr, c.astype(np.int64)
@@ -89,25 +136,115 @@ def _csr_filter(indptr: np.ndarray, cols: np.ndarray, keep_col: np.ndarray) -> t
     return np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=len(indptr) - 1))].astype(np.int64), cols[keep]
 
 
-def prepare_split(bundle: "ModelBundle", dataset: "Dataset", validation_split: float | None = None) -> EvalSplit:
-    """Map the data onto the bundle's catalog and split it like training did.
+def build_split(user_rows: np.ndarray, item_rows: np.ndarray, labels: np.ndarray, history_mask: np.ndarray,
+                heldout_mask: np.ndarray, user_ids: np.ndarray, item_ids: Sequence[str], part: str,
+                shares: Mapping[str, float], source: str = "the interactions") -> EvalSplit:
+    """The protocol on plain arrays: interaction rows (user row, item row, 0/1 label) and two masks.
 
-    Raises ValueError when the data holds items the model does not know, or when the
-    split leaves nothing held out (nothing to evaluate on).
+    Raises ValueError (naming `source` and the split) when nothing is held out, the held-out
+    part has no likes, or every held-out like is already in the users' histories.
+    """
+    user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+    labels = np.asarray(labels, np.int64)
+    hist, held = np.asarray(history_mask, bool), np.asarray(heldout_mask, bool)
+    n_users_all, n_items = len(user_ids), len(item_ids)
+    where = f"the time split's {part} part ({', '.join(f'{k}={v:g}' for k, v in shares.items())})"
+    n_held = int(held.sum())
+    if n_held == 0:
+        raise ValueError(
+            f"{source}: {where} holds out no interactions: every user has too few interactions for that share. "
+            "Evaluate on data with longer histories or pass a larger share (e.g. --test-split 0.2)")
+    if int(labels[held].sum()) == 0:
+        raise ValueError(
+            f"{source}: the {n_held} held-out interactions of {where} contain no likes, so there is nothing relevant "
+            "to rank; check the decision/rating column (and data.like_threshold) or evaluate on more data")
+    eval_user_rows = np.unique(user_rows[held])
+    eval_pos = np.full(n_users_all, -1, dtype=np.int64)
+    eval_pos[eval_user_rows] = np.arange(len(eval_user_rows))
+    n_eval = len(eval_user_rows)
+
+    h_users, h_items, h_labels = user_rows[hist], item_rows[hist], labels[hist]
+    in_eval = eval_pos[h_users] >= 0
+    seen_indptr, seen_items = _csr(eval_pos[h_users[in_eval]], h_items[in_eval], n_eval)
+    like = held & (labels == 1)  # relevant: held-out likes the user had not met in the history
+    rel_u, rel_i = eval_pos[user_rows[like]], item_rows[like]
+    seen_keys = np.repeat(np.arange(n_eval), np.diff(seen_indptr)) * n_items + seen_items
+    fresh = ~np.isin(rel_u * n_items + rel_i, seen_keys)
+    rel_indptr, rel_items = _csr(rel_u[fresh], rel_i[fresh], n_eval)
+
+    held_pos = eval_pos[user_rows[held]]
+    order = np.argsort(held_pos, kind="stable")
+    n_hist_all = np.bincount(h_users, minlength=n_users_all)
+    _, distinct = _csr(h_users, h_items, n_users_all)
+    out = EvalSplit(
+        item_ids=list(item_ids), part=part, shares={k: float(v) for k, v in shares.items()},
+        user_ids=np.asarray(user_ids)[eval_user_rows], user_rows=eval_user_rows,
+        seen_indptr=seen_indptr, seen_items=seen_items, rel_indptr=rel_indptr, rel_items=rel_items,
+        n_train=n_hist_all[eval_user_rows], pair_user=held_pos[order], pair_item=item_rows[held][order],
+        pair_label=labels[held][order], item_train_users=np.bincount(distinct, minlength=n_items),
+        item_train_likes=np.bincount(h_items[h_labels == 1], minlength=n_items),
+        n_train_users=int((n_hist_all > 0).sum()),
+        history=History(h_users, h_items, h_labels, n_users_all, n_items),
+    )
+    nrel = out.n_relevant
+    out.counts = {
+        "interactions": int(len(user_rows)), "train_interactions": int(hist.sum()), "heldout_interactions": n_held,
+        "heldout_likes": int(labels[held].sum()), "users_with_heldout": n_eval,
+        "users_ranked": int((nrel > 0).sum()),
+        "cold_users_ranked": int(((nrel > 0) & (out.n_train < COLD_USER_THRESHOLD)).sum()),
+        "warm_users_ranked": int(((nrel > 0) & (out.n_train >= COLD_USER_THRESHOLD)).sum()),
+        "new_items": int(out.new_item_mask.sum()), "catalog_items": n_items,
+    }
+    if out.counts["users_ranked"] == 0:
+        raise ValueError(
+            f"{source}: every held-out like of {where} is of an item the user already met in the history; there is "
+            "nothing new to rank. Evaluate on data with more held-out likes")
+    return out
+
+
+def split_shares(config: Mapping, validation_split: float | None = None,
+                 test_split: float | None = None) -> dict[str, float]:
+    """The validation and test shares: given ones, else the (bundle's) training config's."""
+    training = dict(config.get("training", {}) or {})
+    v = float(training.get("validation_split", 0.2)) if validation_split is None else float(validation_split)
+    t = float(training.get("test_split", 0.0) or 0.0) if test_split is None else float(test_split)
+    for name, value in (("validation_split", v), ("test_split", t)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}={value} must be a share in [0, 1), e.g. 0.2 (default: the bundle's training.{name})")
+    if v + t >= 1.0:
+        raise ValueError(f"validation_split={v} + test_split={t} leave nothing to train on: keep their sum below 1")
+    return {"validation_split": v, "test_split": t}
+
+
+def heldout_masks(interactions: pd.DataFrame, shares: Mapping[str, float], part: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(history mask, held-out mask, part) of the three-way time split for the part asked for.
+
+    Data split without a test share (test_split=0, e.g. a bundle trained before the three-way
+    split) can only be evaluated on its validation part; that is logged, never silent.
     """
     from ml.data.split import time_split_per_user
 
-    source = dataset.sources.get("interactions", "the interactions table")
+    if part not in PARTS:
+        raise ValueError(f"part={part!r} is unknown: evaluate the 'test' part (offline evaluation, the gate) or "
+                         "'valid' (early stopping, tuning)")
+    v, t = shares["validation_split"], shares["test_split"]
+    if part == "test" and t <= 0:
+        log.warning("test_split=0: no test part to evaluate on; using the validation part (validation_split=%g). "
+                    "Train with training.test_split > 0 so evaluation never sees what early stopping saw", v)
+        part = "valid"
+    if part == "valid" and v <= 0:
+        raise ValueError("validation_split=0 and test_split=0 leave nothing held out: evaluation needs a share in "
+                         "(0, 1), e.g. --test-split 0.2 (the bundle's training.test_split is used by default)")
+    split = time_split_per_user(interactions, v, t)
+    if part == "test":
+        return split.train | split.valid, split.test, part
+    return split.train, split.valid, part
+
+
+def _catalog_rows(bundle: "ModelBundle", dataset: "Dataset", source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Users-table rows and catalog rows of every interaction; ValueError naming unknown items."""
     inter = dataset.interactions
-    if validation_split is None:
-        validation_split = float(bundle.config.get("training", {}).get("validation_split", 0.2))
-    if not 0.0 < validation_split < 1.0:
-        raise ValueError(
-            f"validation_split={validation_split} leaves no held-out interactions: evaluation needs a share in (0, 1), "
-            "e.g. 0.2 (the bundle's training.validation_split is used by default)"
-        )
-    item_index = pd.Index(bundle.item_ids)
-    item_rows = item_index.get_indexer(inter["item_id"].astype(str))
+    item_rows = pd.Index(bundle.item_ids).get_indexer(inter["item_id"].astype(str))
     if (item_rows < 0).any():
         bad = inter.loc[item_rows < 0, "item_id"].astype(str)
         shown = ", ".join(repr(v) for v in bad.unique()[:5])
@@ -117,135 +254,70 @@ def prepare_split(bundle: "ModelBundle", dataset: "Dataset", validation_split: f
             f"({len(bundle.item_ids)} items), e.g. {shown} (first at row {first_row}, column item_id). Evaluate on the "
             "data the model was trained on (or a superset of its rows with the same item ids), or retrain with these items"
         )
-    users = dataset.users["user_id"].astype(str)
-    user_index = pd.Index(users)
-    user_rows_all = user_index.get_indexer(inter["user_id"].astype(str))
-    if (user_rows_all < 0).any():
+    user_rows = pd.Index(dataset.users["user_id"].astype(str)).get_indexer(inter["user_id"].astype(str))
+    if (user_rows < 0).any():
         raise ValueError(f"{source}: interactions reference users missing from the users table; run validate_dataset first")
-    labels = inter["label"].to_numpy().astype(np.int64)
-    split = time_split_per_user(inter, validation_split)
-    n_valid = int(split.valid.sum())
-    if n_valid == 0:
-        raise ValueError(
-            f"{source}: the time split (validation_split={validation_split}) holds out no interactions: every user has "
-            f"fewer than {int(np.ceil(1.0 / validation_split))} interactions. Evaluate on data with longer histories "
-            "or pass a larger --validation-split"
-        )
-    if int(labels[split.valid].sum()) == 0:
-        raise ValueError(
-            f"{source}: the {n_valid} held-out interactions (validation_split={validation_split}) contain no likes, so "
-            "there is nothing relevant to rank; check the decision/rating column or evaluate on more data"
-        )
-    n_users_all = len(users)
-    tr, va = split.train, split.valid
-    eval_user_rows = np.unique(user_rows_all[va])
-    eval_pos = np.full(n_users_all, -1, dtype=np.int64)
-    eval_pos[eval_user_rows] = np.arange(len(eval_user_rows))
-    n_eval = len(eval_user_rows)
+    return user_rows.astype(np.int64), item_rows.astype(np.int64)
 
-    tr_users, tr_items = user_rows_all[tr], item_rows[tr]
-    in_eval = eval_pos[tr_users] >= 0
-    seen_indptr, seen_items = _csr(eval_pos[tr_users[in_eval]], tr_items[in_eval], n_eval)
-    # relevant: held-out likes the user had not swiped in train
-    va_like = va & (labels == 1)
-    rel_u, rel_i = eval_pos[user_rows_all[va_like]], item_rows[va_like]
-    n_items = len(bundle.item_ids)
-    seen_keys = np.repeat(np.arange(n_eval), np.diff(seen_indptr)) * n_items + seen_items
-    fresh = ~np.isin(rel_u * n_items + rel_i, seen_keys)
-    rel_indptr, rel_items = _csr(rel_u[fresh], rel_i[fresh], n_eval)
 
-    pair_order = np.argsort(eval_pos[user_rows_all[va]], kind="stable")
-    pair_user = eval_pos[user_rows_all[va]][pair_order]
-    pair_item = item_rows[va][pair_order]
-    pair_label = labels[va][pair_order]
+def prepare_split(bundle: "ModelBundle", dataset: "Dataset", validation_split: float | None = None,
+                  test_split: float | None = None, part: str = "test") -> EvalSplit:
+    """Map the data onto the bundle's catalog and split it as training did (shares and the rating scale
+    from the bundle's config).
 
-    n_train_all = np.bincount(tr_users, minlength=n_users_all)
-    _, distinct = _csr(tr_users, tr_items, n_users_all)
-    item_train_users = np.bincount(distinct, minlength=n_items)
-    item_train_likes = np.bincount(tr_items[labels[tr] == 1], minlength=n_items)
+    Raises ValueError when the data holds items the model does not know, or when the split
+    leaves nothing to evaluate on.
+    """
+    from ml.data.ratings import apply_rating_config
 
-    pl = bundle.pipeline
-    profiles = pl.profile_matrix(dataset.users)
-    feats = np.asarray(bundle.item_features, dtype=np.float32)
-    user_inputs = pl.user_matrix(profiles, feats, tr_users, tr_items, labels[tr], n_users_all)[eval_user_rows]
-
-    out = EvalSplit(
-        item_ids=list(bundle.item_ids), validation_split=float(validation_split),
-        user_ids=users.to_numpy()[eval_user_rows], user_rows=eval_user_rows,
-        seen_indptr=seen_indptr, seen_items=seen_items, rel_indptr=rel_indptr, rel_items=rel_items,
-        n_train=n_train_all[eval_user_rows], pair_user=pair_user, pair_item=pair_item, pair_label=pair_label,
-        item_train_users=item_train_users, item_train_likes=item_train_likes,
-        n_train_users=int((n_train_all > 0).sum()), user_inputs=user_inputs,
-    )
-    nrel = out.n_relevant
-    out.counts = {
-        "interactions": int(len(inter)), "train_interactions": int(tr.sum()), "heldout_interactions": n_valid,
-        "heldout_likes": int(labels[va].sum()), "users_with_heldout": n_eval,
-        "users_ranked": int((nrel > 0).sum()),
-        "cold_users_ranked": int(((nrel > 0) & (out.n_train < COLD_USER_THRESHOLD)).sum()),
-        "warm_users_ranked": int(((nrel > 0) & (out.n_train >= COLD_USER_THRESHOLD)).sum()),
-        "new_items": int(out.new_item_mask.sum()), "catalog_items": n_items,
-    }
-    if out.counts["users_ranked"] == 0:
-        raise ValueError(
-            f"{source}: every held-out like is of an item the user already swiped in the train part; there is nothing "
-            "new to rank. Evaluate on data with more held-out likes"
-        )
-    return out
+    source = dataset.sources.get("interactions", "the interactions table")
+    data_cfg = dict(bundle.config.get("data", {}) or {})
+    dataset = apply_rating_config(dataset, data_cfg.get("rating_scale", "auto"), data_cfg.get("like_threshold"))
+    shares = split_shares(bundle.config, validation_split, test_split)
+    history, heldout, part = heldout_masks(dataset.interactions, shares, part)
+    user_rows, item_rows = _catalog_rows(bundle, dataset, source)
+    labels = dataset.interactions["label"].to_numpy().astype(np.int64)
+    users = dataset.users["user_id"].astype(str).to_numpy()
+    return build_split(user_rows, item_rows, labels, history, heldout, users, bundle.item_ids, part, shares, source)
 
 
 # ---------------------------------------------------------------- scoring
-def model_user_embeddings(bundle: "ModelBundle", split: EvalSplit, batch_size: int = 8192) -> np.ndarray:
-    """User-tower embeddings of the evaluated users from their train history."""
-    x = np.asarray(split.user_inputs, dtype=np.float32)
-    if len(x) == 0:
+def history_of(split: EvalSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The evaluated users' history as (evaluated-user index, catalog row, label), for the user tower."""
+    h = split.history
+    pos = np.full(h.n_users, -1, dtype=np.int64)
+    pos[split.user_rows] = np.arange(len(split.user_rows))
+    keep = pos[h.user_rows] >= 0
+    return pos[h.user_rows[keep]], h.item_rows[keep], h.labels[keep]
+
+
+def model_user_embeddings(bundle: "ModelBundle", dataset: "Dataset", split: EvalSplit,
+                          batch_size: int = 8192) -> np.ndarray:
+    """User-tower embeddings of the evaluated users from their history only (never the held-out part);
+    their user-id vectors from the bundle's table (the OOV row for users it does not know)."""
+    if len(split.user_rows) == 0:
         return np.zeros((0, bundle.embedding_dim), dtype=np.float32)
-    return np.asarray(bundle.user_tower.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    profiles = bundle.pipeline.profile_matrix(dataset.users)[split.user_rows]
+    x = bundle.user_inputs(profiles, *history_of(split), id_rows=bundle.user_id_rows(split.user_ids))
+    return np.asarray(bundle.user_tower.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0),
+                      dtype=np.float32)
 
 
-def model_scorer(bundle: "ModelBundle", split: EvalSplit) -> ScoreFn:
-    user_emb = model_user_embeddings(bundle, split)
-    item_emb = np.ascontiguousarray(np.asarray(bundle.item_embeddings, dtype=np.float32).T)
-    return lambda rows: user_emb[rows] @ item_emb
+def embedding_scorer(user_emb: np.ndarray, item_emb: np.ndarray) -> ScoreFn:
+    """Dot products of evaluated users' embeddings with the catalog's."""
+    item_t = np.ascontiguousarray(np.asarray(item_emb, dtype=np.float32).T)
+    user_emb = np.asarray(user_emb, dtype=np.float32)
+    return lambda rows: user_emb[rows] @ item_t
 
 
-def popularity_scorer(split: EvalSplit) -> ScoreFn:
-    """Train likes per item, ties broken towards more train swipes, then the lower row."""
-    n = split.n_items
-    score = (split.item_train_likes.astype(np.float64)
-             + 0.5 * split.item_train_users / (split.item_train_users.max() + 1.0)
-             + 0.25 * (1.0 - np.arange(n) / max(n, 1))).astype(np.float32)
-    return lambda rows: np.broadcast_to(score, (len(rows), n)).copy()
-
-
-def random_scorer(split: EvalSplit, seed: int = 0) -> ScoreFn:
-    """Uniform scores per user, reproducible for a seed and a user (not for batch order)."""
-    n = split.n_items
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        return np.stack([np.random.default_rng([seed, int(r)]).random(n, dtype=np.float32) for r in rows]) \
-            if len(rows) else np.zeros((0, n), np.float32)
-
-    return score
-
-
-def oracle_scorer(synthetic: "SyntheticData", split: EvalSplit) -> ScoreFn | None:
-    """True like probability from the generator; None when users or items do not map onto it."""
-    gen_users = pd.Index(synthetic.dataset.users["user_id"].astype(str))
-    gen_items = pd.Index(synthetic.dataset.items["item_id"].astype(str))
-    u = gen_users.get_indexer(pd.Index(split.user_ids.astype(str)))
-    i = gen_items.get_indexer(pd.Index(split.item_ids))
-    if (u < 0).any() or (i < 0).any():
-        log.warning("oracle skipped: %d users and %d catalog items are not in the generator's data",
-                    int((u < 0).sum()), int((i < 0).sum()))
-        return None
-    return lambda rows: synthetic.like_probability(u[rows])[:, i].astype(np.float32)
+def model_scorer(bundle: "ModelBundle", dataset: "Dataset", split: EvalSplit) -> ScoreFn:
+    return embedding_scorer(model_user_embeddings(bundle, dataset, split), bundle.item_embeddings)
 
 
 # ---------------------------------------------------------------- ranking
 @dataclass
 class SystemRanking:
-    """One system's top-K lists for the evaluated users and its scores of held-out pairs."""
+    """One system's top-K lists for the evaluated users (-1 = no item) and its scores of held-out pairs."""
 
     name: str
     top: np.ndarray
@@ -254,7 +326,11 @@ class SystemRanking:
 
 
 def rank_system(name: str, score_fn: ScoreFn, split: EvalSplit, k_max: int, batch_users: int = 1024) -> SystemRanking:
-    """Score the catalog for every evaluated user in batches, mask train-seen items, keep the top k_max."""
+    """Score the catalog for every evaluated user in batches, mask history items, keep the top k_max.
+
+    The one top-k (`ml.inference.scoring.top_k_indices`, ties to the lower item row); slots
+    past the last finite score (a user whose history covers nearly the catalog) hold -1.
+    """
     t0 = time.time()
     n_eval, n_items = len(split.user_ids), split.n_items
     k_max = min(int(k_max), n_items)
@@ -263,14 +339,15 @@ def rank_system(name: str, score_fn: ScoreFn, split: EvalSplit, k_max: int, batc
     pair_bounds = np.searchsorted(split.pair_user, np.arange(n_eval + 1))
     for lo in range(0, n_eval, batch_users):
         hi = min(n_eval, lo + batch_users)
-        rows = np.arange(lo, hi)
-        scores = np.array(score_fn(rows), dtype=np.float32, copy=True)
+        scores = np.array(score_fn(np.arange(lo, hi)), dtype=np.float32, copy=True)
         p0, p1 = pair_bounds[lo], pair_bounds[hi]
         pair_scores[p0:p1] = scores[split.pair_user[p0:p1] - lo, split.pair_item[p0:p1]]
         s0, s1 = split.seen_indptr[lo], split.seen_indptr[hi]
         local = np.repeat(np.arange(hi - lo), np.diff(split.seen_indptr[lo:hi + 1]))
         scores[local, split.seen_items[s0:s1]] = -np.inf
-        top[lo:hi] = top_k_from_scores(scores, k_max)
+        best = top_k_indices(scores, k_max)
+        best[~np.isfinite(np.take_along_axis(scores, best, axis=1))] = -1
+        top[lo:hi] = best
     return SystemRanking(name=name, top=top, pair_scores=pair_scores, seconds=time.time() - t0)
 
 
@@ -312,6 +389,11 @@ def segment_masks(split: EvalSplit) -> dict[str, np.ndarray]:
     }
 
 
+def _mean(values: np.ndarray) -> float:
+    v = values[np.isfinite(values)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def summarize(sm: SystemMetrics, split: EvalSplit, ks: Sequence[int], metrics: Sequence[str],
               segment: str = "all", masks: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Mean of each per-user metric over a segment, plus coverage and AUC for it."""
@@ -322,16 +404,12 @@ def summarize(sm: SystemMetrics, split: EvalSplit, ks: Sequence[int], metrics: S
     if not mask.any():
         return out
     for key, values in source.items():
-        v = values[mask]
-        v = v[np.isfinite(v)]
-        out[key] = float(v.mean()) if len(v) else float("nan")
+        out[key] = _mean(values[mask])
     if segment == "new_items":  # novelty of the same lists, over the same users
         for k in ks:
             key = metric_key("novelty", k)
             if key in sm.per_user:
-                v = sm.per_user[key][mask]
-                v = v[np.isfinite(v)]
-                out[key] = float(v.mean()) if len(v) else float("nan")
+                out[key] = _mean(sm.per_user[key][mask])
     if "coverage" in metrics:
         for k in ks:
             out[metric_key("coverage", k)] = catalog_coverage(sm.top[mask], k, split.n_items)

@@ -15,7 +15,8 @@ from ml.evaluation.evaluate import Evaluation
 from ml.evaluation.metrics import RANKING_METRICS, metric_key
 from ml.evaluation.protocol import SEGMENTS
 
-SYSTEM_COLOURS = {"model": "#1d3557", "popular": "#e76f51", "random": "#adb5bd", "oracle": "#2a9d8f"}
+SYSTEM_COLOURS = {"model": "#1d3557", "popular": "#e76f51", "random": "#adb5bd", "als": "#f4a261", "ease": "#8d6a9f",
+                  "oracle": "#2a9d8f"}
 
 
 def write_evaluation_outputs(evaluation: Evaluation, folder: str | Path) -> dict[str, Path]:
@@ -36,12 +37,14 @@ def write_evaluation_outputs(evaluation: Evaluation, folder: str | Path) -> dict
 def _html(table: pd.DataFrame, evaluation: Evaluation) -> str:
     counts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in evaluation.split.counts.items())
     body = table.style.format(precision=4, na_rep="-").hide(axis="index").to_html()
+    skipped = "".join(f"<p>{name} skipped: {why}</p>" for name, why in evaluation.skipped.items())
     return ("<!doctype html><html><head><meta charset='utf-8'><title>towerops evaluation</title>"
             "<style>body{font-family:sans-serif} td,th{padding:2px 8px;font-size:13px}</style></head><body>"
-            f"<h2>Offline evaluation (validation_split={evaluation.split.validation_split})</h2><p>{counts}</p>"
-            "<p>lift_popular = model / most-popular, lift_random = model / random, oracle_ratio = model / generator "
-            "oracle (synthetic data only). Segments: cold = users with fewer than 5 train interactions, new_items = "
-            f"relevance restricted to items with no train interactions.</p>{body}</body></html>")
+            f"<h2>Offline evaluation on the {evaluation.split.describe()}</h2><p>{counts}</p>"
+            "<p>lift_over_X = model / baseline X on the same split (popular, random, als = implicit ALS, ease = EASE), "
+            "lift_over_best_baseline = model / the best of them, oracle_ratio = model / generator oracle (synthetic "
+            "data only). Segments: cold = users with fewer than 5 history interactions, new_items = relevance "
+            f"restricted to items with no history interactions.</p>{skipped}{body}</body></html>")
 
 
 def plot_by_k(evaluation: Evaluation, path: Path) -> Path:

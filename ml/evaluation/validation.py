@@ -1,4 +1,9 @@
-"""Ranking metrics on the validation split after each epoch, for tuning objectives and early stopping."""
+"""Ranking metrics on the VALIDATION part after each epoch, for tuning objectives and early stopping.
+
+The same protocol as offline evaluation (`ml.evaluation.protocol`): user vectors from the
+train history only, items met in training excluded, relevant = held-out likes not met in
+training, the one top-k. Only the validation part is used; the test part is never read.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +11,61 @@ from typing import Any
 
 import numpy as np
 
+from ml.evaluation.metrics import RANKING_METRICS, metric_key
+from ml.evaluation.protocol import EvalSplit, build_split, embedding_scorer, history_of, rank_system, system_metrics
+from ml.model.inputs import item_tower_inputs, user_tower_inputs
 
-# ------------------------------------------------------------- objective
+
 class ValidationRanking:
-    """Full-catalog ranking metrics on the time-split validation likes, computed per epoch.
-
-    User vectors come from training history only (as in the training arrays), items each
-    user met in training are excluded, relevant items are the user's held-out likes.
-    """
+    """Full-catalog ranking metric (`val_ndcg_at_10`, ...) on the time-split validation likes, per epoch."""
 
     def __init__(self, trainer: Any, metric: str, k: int, batch_users: int = 2048) -> None:
-        p, pl = trainer.prepared, trainer.pipeline
-        tr, va = p.split.train, p.split.valid
-        n_users, n_items = len(p.user_ids), len(p.item_ids)
-        likes = va & (p.labels == 1)
-        users = np.unique(p.user_rows[likes])
-        if len(users) == 0:
-            raise ValueError("the validation split holds no likes, so ranking metrics are undefined: "
-                             "use objective.metric: val_loss or more data / a larger training.validation_split")
-        history = pl.user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr], p.labels[tr], n_users)
-        pos = np.full(n_users, -1, dtype=np.int64)
-        pos[users] = np.arange(len(users))
-        self.user_features = history[users].astype(np.float32)
-        self.item_features = p.item_vectors.astype(np.float32)
-        self.rel_indptr, self.rel_items = _csr(pos[p.user_rows[likes]], p.item_rows[likes], len(users))
-        seen = tr & (pos[p.user_rows] >= 0)
-        self.seen_rows, self.seen_cols = pos[p.user_rows[seen]], p.item_rows[seen]
-        self.n_items, self.metric, self.k, self.batch_users = n_items, metric, k, batch_users
+        p = trainer.prepared
         self.name = metric.removeprefix("val_").rsplit("_at_", 1)[0]
+        if self.name not in RANKING_METRICS:
+            raise ValueError(f"objective metric {metric!r} is not a ranking metric: use val_<metric>_at_<k> with one of "
+                             f"{', '.join(RANKING_METRICS)}, or val_loss")
+        training = trainer.config.training
+        shares = {"validation_split": float(training.validation_split),
+                  "test_split": float(getattr(training, "test_split", 0.0) or 0.0)}
+        try:
+            self.split: EvalSplit = build_split(p.user_rows, p.item_rows, p.labels, p.split.train, p.split.valid,
+                                                np.asarray(p.user_ids), [str(i) for i in p.item_ids], "valid", shares,
+                                                source="the training data")
+        except ValueError as exc:
+            raise ValueError(f"{exc}. Ranking metrics need validation likes: use objective.metric: val_loss, more data "
+                             "or a larger training.validation_split") from None
+        self.trainer, self.k, self.batch_users = trainer, int(k), batch_users
+        self.key = metric_key(self.name, self.k)
+
+    def embeddings(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(evaluated users' embeddings from their train history, item embeddings) of the model as it is now.
+
+        `model` has `user_tower`, `item_tower` (the Dense cores) and, for a model with ID
+        embeddings, `id_tables()`; items and users without a training interaction use the OOV row.
+        """
+        t, p = self.trainer, self.trainer.prepared
+        if t.uses_ids:
+            if not callable(getattr(model, "id_tables", None)):
+                raise ValueError("the model has ID embeddings (model.id_embedding_dim > 0) but no id_tables(): pass "
+                                 "the Keras model being trained or ModelBundle.towers()")
+            tables = model.id_tables().with_cold_rows_as_oov(p.item_known, p.user_known)
+        else:
+            tables = t.id_tables()
+        rows = self.split.user_rows
+        users = user_tower_inputs(t.pipeline, p.item_vectors, tables, p.profiles[rows], *history_of(self.split),
+                                  id_rows=rows)
+        return _embed(model.user_tower, users), _embed(model.item_tower, item_tower_inputs(p.item_vectors, tables))
 
     def __call__(self, model: Any) -> float:
-        from ml.evaluation.metrics import hits_from_csr, ranking_metrics, top_k_from_scores
-
-        ue = _embed(model.user_tower, self.user_features)
-        ie = _embed(model.item_tower, self.item_features)
-        values = []
-        for start in range(0, len(ue), self.batch_users):
-            stop = min(start + self.batch_users, len(ue))
-            scores = ue[start:stop] @ ie.T
-            sel = (self.seen_rows >= start) & (self.seen_rows < stop)
-            scores[self.seen_rows[sel] - start, self.seen_cols[sel]] = -np.inf
-            top = top_k_from_scores(scores, self.k)
-            indptr = self.rel_indptr[start:stop + 1] - self.rel_indptr[start]
-            items = self.rel_items[self.rel_indptr[start]:self.rel_indptr[stop]]
-            hits = hits_from_csr(top, indptr, items, self.n_items)
-            per_user = ranking_metrics(hits, np.diff(indptr), [self.k], [self.name])
-            values.append(next(iter(per_user.values())))
-        return float(np.nanmean(np.concatenate(values)))
-
-
-def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
-    keep = np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])] if len(rows) else np.zeros(0, bool)
-    rows, cols = rows[keep], cols[keep]
-    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n_rows))].astype(np.int64)
-    return indptr, cols.astype(np.int64)
+        ranking = rank_system("model", embedding_scorer(*self.embeddings(model)), self.split, self.k, self.batch_users)
+        values = system_metrics(ranking, self.split, [self.k], [self.name]).per_user[self.key]
+        values = values[self.split.n_relevant > 0]
+        return float(np.nanmean(values)) if len(values) else float("nan")
 
 
 def _embed(tower: Any, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+    features = np.asarray(features, np.float32)
+    if len(features) == 0:
+        return np.zeros((0, 0), np.float32)
     return np.concatenate([np.asarray(tower(features[i:i + batch], training=False)) for i in range(0, len(features), batch)])

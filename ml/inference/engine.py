@@ -22,7 +22,6 @@ errors as MLflow INVALID_PARAMETER_VALUE (HTTP 400 with the message), logs to
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ from ml.bundle.resolve import bundle_dir_from_uri
 from ml.inference.scoring import RankReduction, _lowrank_wanted, reduce_rank, top_k_indices
 from ml.inference.towers import NumpyTower, UnsupportedTower
 from ml.logs import get_logger
+from ml.settings import get_settings
 
 log = get_logger("inference")
 
@@ -47,46 +47,154 @@ class InferenceRequestError(ValueError):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _as_list(value: Any, field: str) -> list[str] | None:
+MAX_TOP_K = 10_000          # items one request may ask for (a bigger k is a typo or an abuse, not a use)
+ECHO_LIMIT = 100            # characters of a client's value an error message repeats back
+REQUEST_FIELDS = ("user_id", "top_k", "exclude_seen", "candidate_items", "liked_items", "noped_items")
+
+
+def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """repr(value), cut to `limit` characters: errors name the bad value without echoing a whole request."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _as_list(value: Any, field: str, strict: bool = False) -> list[str] | None:
+    """A list of item ids from a request field (None when absent).
+
+    strict (JSON requests): a JSON list of strings (or integers) only. Otherwise (DataFrame
+    rows, CSV) also a JSON-list string or 'a|b|c'."""
     if value is None:
         return None
     if isinstance(value, float) and np.isnan(value):
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and not strict:
         text = value.strip()
         if not text:
             return None
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InferenceRequestError(f"{field}={value!r} is not a JSON list of item ids: {exc}") from exc
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise InferenceRequestError(f"{field}={shown(value)} is not a JSON list of item ids: "
+                                            f"{getattr(exc, 'msg', 'nested too deeply')}") from None
         else:
             value = [v for v in text.split("|") if v]
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
-        raise InferenceRequestError(f"{field} must be a list of item ids, got {type(value).__name__}: {value!r}")
-    return [str(v) for v in value]
+        raise InferenceRequestError(f"{field} must be a list of item ids (e.g. [\"i00001\", \"i00002\"]), "
+                                    f"got {type(value).__name__}: {shown(value)}")
+    out: list[str] = []
+    for n, v in enumerate(value):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            out.append(str(v))
+        else:
+            raise InferenceRequestError(f"{field}[{n}] must be an item id (a string), got {type(v).__name__}: "
+                                        f"{shown(v)}")
+    return out
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def parse_top_k(value: Any) -> int:
-    """A positive int from a request field; anything else is an InferenceRequestError."""
-    if isinstance(value, bool):
-        raise InferenceRequestError(f"top_k={value!r} must be a positive integer, e.g. 10")
-    try:
+def parse_top_k(value: Any, limit: int = MAX_TOP_K) -> int:
+    """A positive int up to `limit` from a request field; anything else is an InferenceRequestError.
+
+    Bools are refused (True is not 1), so are fractions, NaN and infinities; a string of
+    digits is taken (CSV and command-line input), JSON requests refuse strings before this."""
+    fix = f"must be a positive integer up to {limit}, e.g. 10"
+    if isinstance(value, (bool, np.bool_)):
+        raise InferenceRequestError(f"top_k={shown(value)} {fix} (true/false is not a number)")
+    if isinstance(value, (int, np.integer)):
         k = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InferenceRequestError(f"top_k={value!r} must be a positive integer, e.g. 10") from exc
-    if isinstance(value, float) and value != k:
-        raise InferenceRequestError(f"top_k={value!r} must be a positive integer, e.g. 10")
+    elif isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or float(value) != int(value):
+            raise InferenceRequestError(f"top_k={shown(value)} {fix}")
+        k = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 9:
+        k = int(value.strip())
+    else:
+        raise InferenceRequestError(f"top_k={shown(value)} {fix}")
     if k <= 0:
-        raise InferenceRequestError(f"top_k={k} must be a positive integer, e.g. 10")
+        raise InferenceRequestError(f"top_k={k} {fix}")
+    if k > limit:
+        raise InferenceRequestError(f"top_k={k} is above the limit of {limit}: ask for at most {limit} items")
     return k
+
+
+def parse_bool(value: Any, field: str) -> bool:
+    """A real boolean: "false", "no", 0 and 1 are refused (bool("false") is True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InferenceRequestError(f"{field}={shown(value)} must be true or false (a JSON boolean, not a string or "
+                                "number)")
+
+
+@dataclass
+class RecommendationRequest:
+    """One parsed request row."""
+
+    user_id: str | None
+    top_k: int
+    exclude_seen: bool = True
+    candidate_items: list[str] | None = None
+    liked_items: list[str] | None = None
+    noped_items: list[str] | None = None
+
+    @property
+    def cold(self) -> bool:
+        return bool(self.liked_items) or bool(self.noped_items)
+
+
+def parse_request(record: Any, default_k: int = 10, strict: bool = False, where: str = "request") -> RecommendationRequest:
+    """Check one request row's types and turn it into a RecommendationRequest.
+
+    strict (JSON over HTTP): the row is an object with only known fields, `user_id` a
+    string (or integer), `top_k` a positive integer, `exclude_seen` a boolean, the item
+    lists lists of strings. Otherwise (a DataFrame row) missing values are NaN and
+    unknown columns are ignored."""
+    if not isinstance(record, dict):
+        raise InferenceRequestError(f"{where} must be an object like {{\"user_id\": \"u00001\", \"top_k\": 10}}, got "
+                                    f"{type(record).__name__}: {shown(record)}")
+    if strict:
+        unknown = [k for k in record if k not in REQUEST_FIELDS]
+        if unknown:
+            raise InferenceRequestError(f"{where}: unknown field(s) {', '.join(shown(k, 40) for k in unknown[:5])}; "
+                                        f"known fields: {', '.join(REQUEST_FIELDS)}")
+    try:
+        user_id = record.get("user_id")
+        if _missing(user_id):
+            user_id = None
+        elif isinstance(user_id, (bool, np.bool_)) or not isinstance(user_id, (str, int, np.integer)):
+            raise InferenceRequestError(f"user_id must be a string, got {type(user_id).__name__}: {shown(user_id)}")
+        else:
+            user_id = str(user_id)
+        top_k = record.get("top_k")
+        if _missing(top_k):
+            k = default_k
+        elif strict and not isinstance(top_k, (int, float)):
+            raise InferenceRequestError(f"top_k={shown(top_k)} must be a positive integer up to {MAX_TOP_K} "
+                                        "(a JSON number, not a string), e.g. 10")
+        else:
+            k = parse_top_k(top_k)
+        exclude = record.get("exclude_seen")
+        request = RecommendationRequest(
+            user_id=user_id, top_k=k, exclude_seen=True if _missing(exclude) else parse_bool(exclude, "exclude_seen"),
+            candidate_items=_as_list(record.get("candidate_items"), "candidate_items", strict),
+            liked_items=_as_list(record.get("liked_items"), "liked_items", strict),
+            noped_items=_as_list(record.get("noped_items"), "noped_items", strict),
+        )
+    except InferenceRequestError as exc:
+        raise InferenceRequestError(f"{where}: {exc}" if where != "request" else str(exc)) from None
+    if request.user_id is None and request.liked_items is None and request.noped_items is None:
+        raise InferenceRequestError(f"{where} needs a user_id (or liked_items / noped_items for a cold user); "
+                                    f"got fields {', '.join(shown(k, 40) for k in list(record)[:10]) or 'none'}")
+    return request
 
 
 @dataclass
@@ -139,7 +247,7 @@ class RealtimeInferenceEngine:
                  len(self.bundle.item_ids), len(self.bundle.user_ids), self.bundle.embedding_dim, self.scoring, rank)
 
     def _resolve_scoring(self, scoring: str | None) -> str:
-        mode = (scoring or os.environ.get(ENV_SCORING) or "auto").strip().lower()
+        mode = (scoring or get_settings().scoring).strip().lower()  # the setting is checked when read
         if mode not in SCORING_MODES:
             source = "scoring" if scoring else ENV_SCORING
             raise ValueError(f"{source}={mode!r} is not one of {', '.join(SCORING_MODES)}")
@@ -155,9 +263,9 @@ class RealtimeInferenceEngine:
         ids = list(ids)
         unknown = [i for i in ids if i not in index]
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5])
+            names = ", ".join(shown(u, 40) for u in unknown[:5])
             raise InferenceRequestError(
-                f"{field}: {len(unknown)} unknown item id(s): {shown}"
+                f"{field}: {len(unknown)} unknown item id(s): {names}"
                 f"{' ...' if len(unknown) > 5 else ''}; send ids from the model's catalog "
                 f"({len(index)} items) or retrain with the new items"
             )
@@ -186,15 +294,20 @@ class RealtimeInferenceEngine:
         self.embed_history(np.zeros(1, np.int64), np.zeros(0, np.int64))
         float(self.scoring_matrix[:, :1].sum())
 
-    def embed_history(self, liked_rows: np.ndarray, noped_rows: np.ndarray, profile: np.ndarray | None = None) -> np.ndarray:
-        """User embedding from a swipe history (rows into the catalog) through the user tower."""
+    def embed_history(self, liked_rows: np.ndarray, noped_rows: np.ndarray, profile: np.ndarray | None = None,
+                      user_row: int | None = None) -> np.ndarray:
+        """User embedding from a swipe history (rows into the catalog) through the user tower.
+
+        The inputs come from `ModelBundle.user_inputs` (content means, pooled item-id vectors,
+        the user's id vector: `user_row`, or the OOV row for a cold user), as everywhere else.
+        """
         b = self.bundle
-        feats = b.item_features
-        like_sum = feats[liked_rows].sum(axis=0, keepdims=True) if len(liked_rows) else np.zeros((1, feats.shape[1]), np.float32)
-        nope_sum = feats[noped_rows].sum(axis=0, keepdims=True) if len(noped_rows) else np.zeros((1, feats.shape[1]), np.float32)
-        agg = b.pipeline.history_aggregates(like_sum, nope_sum, np.array([len(liked_rows)]), np.array([len(noped_rows)]))
+        liked_rows, noped_rows = np.asarray(liked_rows, np.int64), np.asarray(noped_rows, np.int64)
+        items = np.r_[liked_rows, noped_rows]
+        labels = np.r_[np.ones(len(liked_rows), np.int64), np.zeros(len(noped_rows), np.int64)]
         prof = self._default_profile() if profile is None else profile
-        x = np.concatenate([agg, prof[None, :]], axis=1).astype(np.float32)
+        x = b.user_inputs(np.asarray(prof, np.float32)[None, :], np.zeros(len(items), np.int64), items, labels,
+                          id_rows=np.array([-1 if user_row is None else user_row]))
         return self.user_tower(x)[0]
 
     def user_embedding(self, user_id: str | None, liked_items: Sequence[str] | None = None,
@@ -214,7 +327,7 @@ class RealtimeInferenceEngine:
             return np.asarray(b.user_embeddings[row], dtype=np.float32), seen, False
         if row is None and not len(liked) and not len(noped):
             raise InferenceRequestError(
-                f"unknown user_id {user_id!r} with no history: send the user's recent swipes as "
+                f"unknown user_id {shown(user_id)} with no history: send the user's recent swipes as "
                 "liked_items / noped_items (item ids) to get cold-start recommendations"
             )
         profile = None
@@ -223,7 +336,7 @@ class RealtimeInferenceEngine:
             liked = np.r_[seen[labels == 1], liked]
             noped = np.r_[seen[labels == 0], noped]
             profile = b.profiles[row]
-        emb = self.embed_history(liked.astype(np.int64), noped.astype(np.int64), profile)
+        emb = self.embed_history(liked.astype(np.int64), noped.astype(np.int64), profile, user_row=row)
         return emb, np.r_[liked, noped].astype(np.int64), True
 
     @property

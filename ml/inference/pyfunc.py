@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,17 @@ import numpy as np
 import pandas as pd
 
 from ml.inference.engine import (
-    ENV_MODEL_VERSION,
     InferenceRequestError,
     RealtimeInferenceEngine,
     Recommendation,
-    _as_list,
+    RecommendationRequest,
     _missing,
+    parse_request,
     parse_top_k,
+    shown,
 )
 from ml.logs import get_logger
+from ml.settings import get_settings
 
 log = get_logger("inference")
 
@@ -44,7 +45,7 @@ def _request_error_class():
 
 def _model_version(model_dir: Path) -> str:
     """$TOWEROPS_MODEL_VERSION (set by `towerops serve`), else the logged model's run id."""
-    explicit = os.environ.get(ENV_MODEL_VERSION)
+    explicit = get_settings().model_version
     if explicit:
         return explicit
     for parent in list(model_dir.resolve().parents)[:3]:
@@ -96,55 +97,53 @@ class TwoTowerRecommender(_pyfunc_base()):
             raise _request_error_class()(str(exc)) from exc
 
     def _predict(self, model_input: Any, params: dict | None) -> pd.DataFrame:
-        self._ensure_loaded()
-        t_call = time.perf_counter()
-        params = params or {}
-        default_k = parse_top_k(params.get("top_k", 10))
-        output = str(params.get("output") or "rows")
-        if output not in OUTPUT_MODES:
-            raise InferenceRequestError(f"params.output={output!r} must be one of {', '.join(OUTPUT_MODES)}")
+        """A DataFrame (or dict / records) of requests, as `mlflow models serve` and spark_udf pass them."""
         if isinstance(model_input, dict):
             model_input = pd.DataFrame([model_input])
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         if "user_id" not in model_input.columns and "liked_items" not in model_input.columns:
             raise InferenceRequestError(
-                f"request needs a user_id column (or liked_items for a cold user); got columns {list(model_input.columns)}"
+                "request needs a user_id column (or liked_items for a cold user); got columns "
+                f"{shown([str(c) for c in model_input.columns])}"
             )
         columns = [c for c in REQUEST_COLUMNS if c in model_input.columns]
         records = model_input[columns].to_dict(orient="records")
+        return self.predict_records(records, params)
+
+    def predict_records(self, records: list[Any], params: dict | None = None, strict: bool = False) -> pd.DataFrame:
+        """Answer request rows (dicts). strict: rows and params come from JSON and must have exact types
+        (`towerops serve`); otherwise they are DataFrame rows (NaN = missing)."""
+        self._ensure_loaded()
+        t_call = time.perf_counter()
+        default_k, output = parse_params(params, strict)
         answers: list[tuple[str | None, Recommendation]] = []
         ids = self.engine.bundle.item_ids
-        for rec in records:
+        for n, rec in enumerate(records):
             t0 = time.perf_counter()
-            user_id = rec.get("user_id")
-            user_id = None if _missing(user_id) else str(user_id)
-            top_k = rec.get("top_k")
+            raw_user = rec.get("user_id") if isinstance(rec, dict) else None
             try:
-                top_k = default_k if _missing(top_k) else parse_top_k(top_k)
-                exclude = rec.get("exclude_seen")
-                exclude = True if _missing(exclude) else bool(exclude)
-                answer = self.engine.recommend(
-                    user_id=user_id,
-                    candidate_items=_as_list(rec.get("candidate_items"), "candidate_items"),
-                    top_k=top_k,
-                    exclude_seen=exclude,
-                    liked_items=_as_list(rec.get("liked_items"), "liked_items"),
-                    noped_items=_as_list(rec.get("noped_items"), "noped_items"),
-                )
+                req: RecommendationRequest = parse_request(rec, default_k, strict=strict,
+                                                           where=f"row {n}" if len(records) > 1 else "request")
+                answer = self.engine.recommend(user_id=req.user_id, candidate_items=req.candidate_items,
+                                               top_k=req.top_k, exclude_seen=req.exclude_seen,
+                                               liked_items=req.liked_items, noped_items=req.noped_items)
             except InferenceRequestError as exc:
-                self.prediction_log.log(user_id=user_id, cold=not _missing(rec.get("liked_items")),
-                                        top_k=top_k if isinstance(top_k, int) else None, items=[], scores=[],
+                user_id = raw_user if isinstance(raw_user, str) else None
+                self.prediction_log.log(user_id=user_id[:200] if user_id else None,
+                                        cold=isinstance(rec, dict) and not _missing(rec.get("liked_items")),
+                                        top_k=None, items=[], scores=[],
                                         latency_ms=(time.perf_counter() - t0) * 1e3, status="error", error=str(exc))
-                log.warning("bad request for user_id=%r: %s", user_id, exc)
+                log.warning("bad request for user_id=%s: %s", shown(raw_user), exc)
                 raise
             latency = (time.perf_counter() - t0) * 1e3
-            answers.append((user_id, answer))
+            answers.append((req.user_id, answer))
             if self.prediction_log.sampled():
                 try:
                     self.prediction_log.write(self.prediction_log.record(
-                        user_id=user_id, cold=answer.cold, top_k=top_k, items=[ids[r] for r in answer.item_rows.tolist()],
-                        scores=answer.scores.tolist(), latency_ms=latency))
+                        user_id=req.user_id, cold=answer.cold, top_k=req.top_k,
+                        items=[ids[r] for r in answer.item_rows.tolist()], scores=answer.scores.tolist(),
+                        latency_ms=latency))
                 except OSError:
                     log.exception("could not append to prediction log %s", self.prediction_log.path)
         log.debug("predict: %d request row(s) in %.2f ms", len(records), (time.perf_counter() - t_call) * 1e3)
@@ -159,3 +158,32 @@ class TwoTowerRecommender(_pyfunc_base()):
             rows.extend({"user_id": user_id, "item_id": ids[r], "score": float(s), "rank": n + 1}
                         for n, (r, s) in enumerate(zip(a.item_rows.tolist(), a.scores.tolist())))
         return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank"])
+
+
+PARAMS = ("top_k", "output")
+
+
+def parse_params(params: Any, strict: bool = False) -> tuple[int, str]:
+    """(default top_k, output mode) from the request's params; strict: only known keys, exact types."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InferenceRequestError(f"params must be an object like {{\"top_k\": 10, \"output\": \"rows\"}}, got "
+                                    f"{type(params).__name__}: {shown(params)}")
+    if strict:
+        unknown = [k for k in params if k not in PARAMS]
+        if unknown:
+            raise InferenceRequestError(f"params: unknown key(s) {', '.join(shown(k, 40) for k in unknown[:5])}; "
+                                        f"known: {', '.join(PARAMS)}")
+        if "top_k" in params and not isinstance(params["top_k"], (int, float)):
+            raise InferenceRequestError(f"params.top_k={shown(params['top_k'])} must be a positive integer "
+                                        "(a JSON number, not a string), e.g. 10")
+    try:
+        default_k = parse_top_k(params.get("top_k", 10))
+    except InferenceRequestError as exc:
+        raise InferenceRequestError(f"params.{exc}") from None
+    output = params.get("output")
+    output = "rows" if output is None else output
+    if not isinstance(output, str) or output not in OUTPUT_MODES:
+        raise InferenceRequestError(f"params.output={shown(output)} must be one of {', '.join(OUTPUT_MODES)}")
+    return default_k, output

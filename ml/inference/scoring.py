@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from ml.settings import get_settings
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first; ties go to the lower index (deterministic).
 
-    Works on a vector or row-wise on a matrix; -inf entries sort last.
+    Works on a vector or row-wise on a matrix; -inf entries sort last, NaN counts as -inf.
+    argpartition picks an arbitrary subset of the scores tied at the k-th value, so rows
+    where such a tie straddles position k are re-selected: all scores above the k-th
+    value, then the lowest indices among those equal to it.
     """
+    scores = np.asarray(scores)
+    if scores.dtype.kind == "f" and np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     n = scores.shape[-1]
     k = min(int(k), n)
     if k <= 0:
         return np.zeros(scores.shape[:-1] + (0,), dtype=np.int64)
     if k < n:
-        part = np.argpartition(scores, n - k, axis=-1)[..., n - k:]
+        flat = scores.reshape(-1, n)
+        part = np.argpartition(flat, n - k, axis=-1)[:, n - k:]
+        vals = np.take_along_axis(flat, part, axis=-1)
+        kth = vals.min(axis=-1, keepdims=True)  # the k-th highest score
+        straddles = np.flatnonzero((flat == kth).sum(axis=-1) > (vals == kth).sum(axis=-1))
+        if len(straddles):
+            rows, at = flat[straddles], kth[straddles]
+            equal = rows == at
+            need = k - (rows > at).sum(axis=-1, keepdims=True)
+            pick = (rows > at) | (equal & (np.cumsum(equal, axis=-1) <= need))
+            part[straddles] = np.nonzero(pick)[1].reshape(len(straddles), k)
+        part = part.reshape(scores.shape[:-1] + (k,))
     else:
         part = np.broadcast_to(np.arange(n), scores.shape).copy()
     vals = np.take_along_axis(scores, part, axis=-1)
     order = np.lexsort((part, -vals), axis=-1)
-    return np.take_along_axis(part, order, axis=-1)
+    return np.take_along_axis(part, order, axis=-1).astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------- rank reduction
@@ -101,9 +119,4 @@ def reduce_rank(embeddings: np.ndarray, tol: float = LOWRANK_TOL, max_fraction: 
 def _lowrank_wanted(lowrank: bool | None) -> bool:
     if lowrank is not None:
         return bool(lowrank)
-    raw = os.environ.get(ENV_LOWRANK, "auto").strip().lower()
-    if raw in ("auto", "1", "true", "on", "yes", ""):
-        return True
-    if raw in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"{ENV_LOWRANK}={raw!r} must be auto, on or off")
+    return get_settings().lowrank  # $TOWEROPS_LOWRANK: auto/on or off; a bad value names the variable

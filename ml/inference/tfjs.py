@@ -205,11 +205,13 @@ def export_tower(keras_path: str | Path, out_dir: str | Path, metadata: dict | N
 
 
 def export_tfjs(bundle_dir: str | Path, out_dir: str | Path | None = None,
-                shard_bytes: int = SHARD_BYTES) -> dict[str, Path]:
+                shard_bytes: int = SHARD_BYTES, edge: bool = True) -> dict[str, Path]:
     """Export both towers of a model bundle (default: into `<bundle>/tfjs/<tower>/model.json`).
 
     Returns {"user_tower": path, "item_tower": path}. The metadata carries the bundle's
-    feature-schema hash so a client can check it feeds the features the towers expect.
+    feature-schema hash so a client can check it feeds the features the towers expect;
+    `edge` also writes `<out>/edge.json`, the browser-readable preprocessing of
+    `ml.inference.edge_export` (what edge/towerops-edge.js builds a user's tower input from).
     """
     bundle = Path(bundle_dir)
     meta_path = bundle / "metadata.json"
@@ -230,6 +232,11 @@ def export_tfjs(bundle_dir: str | Path, out_dir: str | Path | None = None,
             "embedding_dim": bundle_meta.get("embedding_dim"),
             "bundle_created_at": bundle_meta.get("created_at"),
         }, shard_bytes=shard_bytes)
+    if edge:
+        from ml.inference.edge_export import export_edge
+
+        user_dim = read_keras_tower(bundle / "keras" / "user_tower.keras").input_dim
+        export_edge(bundle, out, user_dim=user_dim)
     return paths
 
 

@@ -1,8 +1,23 @@
-"""One tower: an MLP over a feature vector ending in an L2-normalised embedding."""
+"""The towers' two stages: an ID/lookup stage (embedding tables) and a Dense-only MLP core.
+
+The core (`build_tower`) is an MLP over a feature vector ending in an L2-normalised
+embedding, built from Dense / Dropout / UnitNormalization only, so serving runs it as a
+numpy forward pass and it exports to TF.js unchanged.
+
+The ID stage (`IdStage`) holds the learned identity of items and users: an item-id table
+and a user-id table, each with one out-of-vocabulary (OOV) row after the known ones. The
+item core sees [item content ; item-id vector]; the user core sees [user content ;
+mean item-id vector of the liked items ; of the noped items ; user-id vector]. An id of
+-1 (or any negative id) is padding in a history and "unknown" as an own id, which maps to
+the OOV row; `id_dropout` sends a share of the own ids to the OOV row while training, so
+the OOV row learns what a cold item or user looks like from content alone.
+`ml.model.inputs` computes the same vectors in numpy from exported tables.
+"""
 
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 
 def build_tower(
@@ -13,7 +28,12 @@ def build_tower(
     l2_regularization: float,
     name: str,
 ) -> keras.Model:
-    """MLP `input_dim -> hidden_units... -> output_dim`, L2-normalised output."""
+    """MLP `input_dim -> hidden_units... -> output_dim`, L2-normalised output.
+
+    `l2_regularization` adds an L2 kernel penalty to the loss (kept for callers that build
+    bare towers); `TwoTowerModel.from_config_object` passes 0 and regularises with the
+    optimizer's decoupled weight decay instead (see `ml.model.optim`).
+    """
     if input_dim < 1:
         raise ValueError(f"{name}: input_dim={input_dim}; the feature pipeline produced no columns")
     inputs = keras.Input(shape=(input_dim,), name=f"{name}_features", dtype="float32")
@@ -26,3 +46,59 @@ def build_tower(
     x = keras.layers.Dense(output_dim, kernel_regularizer=reg, name=f"{name}_projection")(x)
     outputs = keras.layers.UnitNormalization(axis=-1, name=f"{name}_l2norm")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def masked_mean(table, ids):
+    """Mean of `table` rows over the non-negative entries of `ids` (B, L); zeros where none."""
+    ids = ops.cast(ids, "int32")
+    valid = ops.cast(ids >= 0, "float32")
+    rows = ops.take(table, ops.maximum(ids, 0), axis=0)            # (B, L, d)
+    total = ops.sum(rows * valid[..., None], axis=1)               # (B, d)
+    return total / ops.maximum(ops.sum(valid, axis=1, keepdims=True), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="towerops")
+class IdStage(keras.layers.Layer):
+    """Item-id and user-id embedding tables (known rows, then one OOV row) and history pooling."""
+
+    def __init__(self, n_items: int, n_users: int, dim: int, id_dropout: float = 0.0, seed: int | None = None,
+                 name: str = "id_stage", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        for field, value in (("n_items", n_items), ("n_users", n_users), ("dim", dim)):
+            if int(value) < 1:
+                raise ValueError(f"{name}: {field}={value} must be >= 1 (vocabulary sizes come from the training "
+                                 "data; model.id_embedding_dim=0 turns the ID stage off)")
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"{name}: id_dropout={id_dropout} must be in [0, 1), e.g. 0.1")
+        self.n_items, self.n_users, self.dim = int(n_items), int(n_users), int(dim)
+        self.id_dropout = float(id_dropout)
+        self.seed = seed
+        init = keras.initializers.RandomNormal(stddev=0.05, seed=seed)
+        self.item_table = self.add_weight(shape=(self.n_items + 1, self.dim), initializer=init, name="item_id_table")
+        self.user_table = self.add_weight(shape=(self.n_users + 1, self.dim), initializer=init, name="user_id_table")
+        self._seed_generator = keras.random.SeedGenerator(seed) if self.id_dropout > 0 else None
+
+    def _own_ids(self, ids, oov: int, training: bool):
+        ids = ops.cast(ops.reshape(ids, (-1,)), "int32")
+        ids = ops.where(ids < 0, oov, ids)
+        if training and self._seed_generator is not None:
+            drop = keras.random.uniform(ops.shape(ids), seed=self._seed_generator) < self.id_dropout
+            ids = ops.where(drop, oov, ids)
+        return ids
+
+    def item_vectors(self, item_id, training: bool = False):
+        """(B,) item ids -> (B, dim) item-id vectors (OOV row for negative ids)."""
+        return ops.take(self.item_table, self._own_ids(item_id, self.n_items, training), axis=0)
+
+    def user_vectors(self, user_id, liked_ids, noped_ids, training: bool = False):
+        """[mean liked item vector ; mean noped item vector ; user-id vector], (B, 3 * dim)."""
+        own = ops.take(self.user_table, self._own_ids(user_id, self.n_users, training), axis=0)
+        return ops.concatenate([masked_mean(self.item_table, liked_ids), masked_mean(self.item_table, noped_ids),
+                                own], axis=1)
+
+    def call(self, item_id):
+        return self.item_vectors(item_id)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_items": self.n_items, "n_users": self.n_users, "dim": self.dim,
+                "id_dropout": self.id_dropout, "seed": self.seed}

@@ -1,19 +1,30 @@
-"""Keras two-tower model: a user tower and an item tower, each an MLP ending in an
-L2-normalised embedding, trained with in-batch softmax over likes plus an explicit
-like/nope (binary cross-entropy) term.
+"""Keras two-tower model: wires the towers (`ml.model.towers`) to the tasks (`ml.model.tasks`).
 
-Each tower is a plain functional Keras model of built-in layers, so it saves, loads
-and exports (SavedModel, TensorFlow.js) without custom objects. `TwoTowerModel`
-implements a single hook, `compute_loss`; Keras' own train/test steps do the rest.
+A user tower and an item tower, each an ID/lookup stage (optional) and a Dense-only core
+ending in an L2-normalised embedding, trained with the in-batch softmax retrieval task plus
+the like/nope rating task. `compute_loss` only delegates to the tasks; Keras' own
+train/test steps do the rest.
+
+The cores are plain functional Keras models of built-in layers, so they save, load and
+export (SavedModel, TensorFlow.js, the numpy forward pass of serving) without custom
+objects; the ID tables are exported next to them as arrays (`ml.model.inputs`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 from keras import ops
 
-from ml.config import ModelConfig
-from ml.model.towers import build_tower
+from ml.model.inputs import IdTables
+from ml.model.tasks import RatingTask, RetrievalTask
+from ml.model.towers import IdStage, build_tower
+
+if TYPE_CHECKING:
+    from ml.config import ModelConfig
+
+ID_INPUTS = ("user_id", "item_id", "liked_ids", "noped_ids")
 
 
 def _per_replica(loss):
@@ -37,11 +48,12 @@ def _per_replica(loss):
 class TwoTowerModel(keras.Model):
     """Scores a (user, item) pair by the cosine of their embeddings.
 
-    Inputs are a dict with `user_features` (B, user_dim) and `item_features`
-    (B, item_dim), optionally `user_index`/`item_index` (B,) used only to mask
-    accidental hits in the in-batch softmax, and `item_log_q` (B,), the log of each
-    item's chance to appear in a batch, for the sampling-bias correction; the target
-    `y` is the like label (B,).
+    Inputs are a dict with `user_features` (B, user_dim) and `item_features` (B, item_dim);
+    with an ID stage also `user_id`, `item_id` (B,) (vocabulary rows, -1 = unknown) and
+    `liked_ids`, `noped_ids` (B, L) (the user's history as item rows, -1 = padding).
+    Optional for the loss: `user_index`/`item_index` (B,) to mask accidental hits, and
+    `item_log_q` (B,), the log of each item's chance to fill a batch slot (logQ
+    correction). The target `y` is the like label (B,).
     """
 
     def __init__(
@@ -50,6 +62,7 @@ class TwoTowerModel(keras.Model):
         item_tower: keras.Model,
         temperature: float = 0.1,
         bce_weight: float = 1.0,
+        id_stage: IdStage | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,60 +76,77 @@ class TwoTowerModel(keras.Model):
             )
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self.id_stage = id_stage
         self.temperature = float(temperature)
         self.bce_weight = float(bce_weight)
+        self.retrieval_task = RetrievalTask(temperature=temperature)
+        self.rating_task = RatingTask(temperature=temperature)
         self.retrieval_loss_tracker = keras.metrics.Mean(name="retrieval_loss")
         self.rating_loss_tracker = keras.metrics.Mean(name="rating_loss")
         self.auc_metric = keras.metrics.AUC(name="auc")
-        self.rating_bias = self.add_weight(shape=(), initializer="zeros", name="rating_bias")
 
     @classmethod
-    def from_config_object(cls, cfg: ModelConfig, user_dim: int, item_dim: int, bce_weight: float = 1.0) -> "TwoTowerModel":
-        user_tower = build_tower(user_dim, cfg.hidden_units, cfg.user_embedding_dim, cfg.dropout_rate,
-                                 cfg.l2_regularization, "user_tower")
-        item_tower = build_tower(item_dim, cfg.hidden_units, cfg.item_embedding_dim, cfg.dropout_rate,
-                                 cfg.l2_regularization, "item_tower")
-        return cls(user_tower, item_tower, temperature=cfg.temperature, bce_weight=bce_weight)
+    def from_config_object(cls, cfg: "ModelConfig", user_dim: int, item_dim: int, bce_weight: float = 1.0,
+                           n_items: int | None = None, n_users: int | None = None,
+                           seed: int | None = None) -> "TwoTowerModel":
+        """The standard architecture for feature widths `user_dim`/`item_dim`.
+
+        With `n_items` and `n_users` (vocabulary sizes) and `cfg.id_embedding_dim > 0` the
+        towers get the ID stage: the item core then reads item_dim + d columns, the user core
+        user_dim + 3d. Regularisation is the optimizer's weight decay (`ml.model.optim`), so
+        the Dense layers carry no kernel penalty.
+        """
+        d = int(getattr(cfg, "id_embedding_dim", 0) or 0)
+        id_stage = None
+        if d > 0 and n_items and n_users:
+            id_stage = IdStage(n_items, n_users, d, id_dropout=float(getattr(cfg, "id_dropout", 0.0)), seed=seed)
+        user_in = user_dim + (3 * d if id_stage else 0)
+        item_in = item_dim + (d if id_stage else 0)
+        user_tower = build_tower(user_in, cfg.hidden_units, cfg.user_embedding_dim, cfg.dropout_rate, 0.0, "user_tower")
+        item_tower = build_tower(item_in, cfg.hidden_units, cfg.item_embedding_dim, cfg.dropout_rate, 0.0, "item_tower")
+        return cls(user_tower, item_tower, temperature=cfg.temperature, bce_weight=bce_weight, id_stage=id_stage)
+
+    def build(self, input_shape=None) -> None:
+        """Nothing to create: the towers are built functional models, the tables and the rating bias
+        exist from __init__ (defined so Keras does not warn about unbuilt state)."""
+        self.built = True
+
+    # ------------------------------------------------------------------ forward
+    def tower_inputs(self, inputs, training=False):
+        """(user core input, item core input): content, with the ID vectors appended when there is an ID stage."""
+        user_x, item_x = inputs["user_features"], inputs["item_features"]
+        if self.id_stage is None:
+            return user_x, item_x
+        missing = [k for k in ID_INPUTS if k not in inputs]
+        if missing:
+            raise ValueError(f"the model has an ID stage but the inputs lack {missing} (have {sorted(inputs)}); "
+                             "build them with the trainer's training_arrays or ml.model.inputs")
+        ids = self.id_stage
+        user_x = ops.concatenate([ops.cast(user_x, "float32"),
+                                  ids.user_vectors(inputs["user_id"], inputs["liked_ids"], inputs["noped_ids"],
+                                                   training=training)], axis=1)
+        item_x = ops.concatenate([ops.cast(item_x, "float32"), ids.item_vectors(inputs["item_id"], training=training)],
+                                 axis=1)
+        return user_x, item_x
 
     def call(self, inputs, training=False):
-        return (
-            self.user_tower(inputs["user_features"], training=training),
-            self.item_tower(inputs["item_features"], training=training),
-        )
+        user_x, item_x = self.tower_inputs(inputs, training=training)
+        return self.user_tower(user_x, training=training), self.item_tower(item_x, training=training)
 
+    def id_tables(self) -> IdTables:
+        """The current ID tables as numpy (width 0 for a content-only model)."""
+        if self.id_stage is None:
+            return IdTables.empty(0, 0)
+        return IdTables(ops.convert_to_numpy(self.id_stage.item_table), ops.convert_to_numpy(self.id_stage.user_table))
+
+    # --------------------------------------------------------------------- loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         user_emb, item_emb = y_pred
+        x = x if isinstance(x, dict) else {}
         labels = ops.cast(ops.reshape(y, (-1,)), "float32")
-        scores = ops.matmul(user_emb, ops.transpose(item_emb)) / self.temperature  # (B, B)
-        batch = ops.shape(scores)[0]
-        eye = ops.eye(batch, dtype="bool")
-        # Accidental hits: the same item (or another like of the same user) elsewhere in
-        # the batch is not a negative for this row.
-        mask = ops.zeros_like(eye)
-        if isinstance(x, dict) and "item_index" in x:
-            item_idx = ops.reshape(x["item_index"], (-1,))
-            mask = ops.logical_or(mask, ops.equal(item_idx[:, None], item_idx[None, :]))
-        if isinstance(x, dict) and "user_index" in x:
-            user_idx = ops.reshape(x["user_index"], (-1,))
-            same_user_like = ops.logical_and(ops.equal(user_idx[:, None], user_idx[None, :]), labels[None, :] > 0.5)
-            mask = ops.logical_or(mask, same_user_like)
-        mask = ops.logical_and(mask, ops.logical_not(eye))
-        logits = scores
-        if isinstance(x, dict) and "item_log_q" in x:
-            # Sampling-bias correction: in-batch negatives arrive in proportion to popularity;
-            # subtracting log q(item) makes the softmax estimate the full-catalog one.
-            logits = logits - ops.cast(ops.reshape(x["item_log_q"], (1, -1)), logits.dtype)
-        logits = ops.where(mask, ops.full_like(scores, -1e9), logits)
-        log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
-        diag_log_prob = ops.sum(ops.where(eye, log_probs, ops.zeros_like(log_probs)), axis=1)
-        n_pos = ops.maximum(ops.sum(labels), 1.0)
-        retrieval_loss = -ops.sum(diag_log_prob * labels) / n_pos
-
-        diag_scores = ops.sum(ops.where(eye, scores, ops.zeros_like(scores)), axis=1)
-        rating_logits = diag_scores + self.rating_bias
-        rating_loss = ops.mean(
-            ops.maximum(rating_logits, 0.0) - rating_logits * labels + ops.log1p(ops.exp(-ops.abs(rating_logits)))
-        )
+        retrieval_loss = self.retrieval_task(user_emb, item_emb, labels, item_index=x.get("item_index"),
+                                             user_index=x.get("user_index"), item_log_q=x.get("item_log_q"))
+        rating_loss, rating_logits = self.rating_task(user_emb, item_emb, labels)
         total = retrieval_loss + self.bce_weight * rating_loss
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
@@ -125,11 +155,13 @@ class TwoTowerModel(keras.Model):
         self.auc_metric.update_state(labels, ops.sigmoid(rating_logits))
         return _per_replica(total)
 
+    # ------------------------------------------------------------ serialisation
     def get_config(self) -> dict:
         return {
             **super().get_config(),
             "user_tower": keras.saving.serialize_keras_object(self.user_tower),
             "item_tower": keras.saving.serialize_keras_object(self.item_tower),
+            "id_stage": keras.saving.serialize_keras_object(self.id_stage) if self.id_stage is not None else None,
             "temperature": self.temperature,
             "bce_weight": self.bce_weight,
         }
@@ -139,4 +171,6 @@ class TwoTowerModel(keras.Model):
         config = dict(config)
         config["user_tower"] = keras.saving.deserialize_keras_object(config["user_tower"])
         config["item_tower"] = keras.saving.deserialize_keras_object(config["item_tower"])
+        if config.get("id_stage") is not None:
+            config["id_stage"] = keras.saving.deserialize_keras_object(config["id_stage"])
         return cls(**config)

@@ -7,6 +7,12 @@ release year). Users: the mean item-feature vector of their liked and of their n
 items, history counts, like rate, and profile columns. A user with one swipe, or a
 brand-new item, therefore still has features. The fitted pipeline is saved next to
 the model so serving computes exactly the training-time features.
+
+Standardisation (`fit_scaling`, done by the trainer): every item column and every user column
+is shifted and scaled to mean 0, variance 1 over the training data (the catalog; the training
+users' leave-one-out histories). Raw, the log history counts (~2.3 on average) and the
+multi-hot blocks put every input in one cone and drown the ID vectors next to them; the
+towers then barely learn who liked what.
 """
 
 from __future__ import annotations
@@ -33,6 +39,29 @@ def _vocab(values: Iterable[str], max_size: int) -> list[str]:
     # Sort by count descending, then name, so the vocabulary is deterministic.
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
     return [str(k) for k, _ in ordered[:max_size]]
+
+
+@dataclass
+class ColumnScaler:
+    """Per-column (x - mean) / scale, fitted on a matrix; scale floored so a constant column stays finite."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, matrix: np.ndarray, floor: float = 1e-3) -> "ColumnScaler":
+        matrix = np.asarray(matrix, np.float64)
+        if matrix.ndim != 2 or len(matrix) == 0:
+            raise ValueError(f"cannot fit a column scaler on an array of shape {matrix.shape}: it needs (rows >= 1, "
+                             "columns)")
+        return cls(matrix.mean(axis=0).astype(np.float32), np.maximum(matrix.std(axis=0), floor).astype(np.float32))
+
+    def transform(self, matrix: np.ndarray) -> np.ndarray:
+        matrix = np.asarray(matrix, np.float32)
+        if matrix.shape[-1] != len(self.mean):
+            raise ValueError(f"features have {matrix.shape[-1]} columns but the scaler was fitted on {len(self.mean)}; "
+                             "the feature pipeline and the data disagree, refit the model")
+        return ((matrix - self.mean) / self.scale).astype(np.float32)
 
 
 @dataclass
@@ -89,6 +118,8 @@ class FeaturePipeline:
     profile_numeric: dict[str, _Scaler] = field(default_factory=dict)
     profile_categorical: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 0
+    item_scaling: ColumnScaler | None = None
+    user_scaling: ColumnScaler | None = None
 
     # ----------------------------------------------------------------- fitting
     def fit(self, items: pd.DataFrame, users: pd.DataFrame) -> "FeaturePipeline":
@@ -115,6 +146,21 @@ class FeaturePipeline:
                 self.profile_categorical[col] = _vocab(series.fillna("").astype(str), cfg.max_profile_categories)
         self._build_indexes()
         return self
+
+    def fit_scaling(self, items: pd.DataFrame, profiles: np.ndarray, user_rows: np.ndarray, item_rows: np.ndarray,
+                    labels: np.ndarray, n_users: int) -> "FeaturePipeline":
+        """Standardise the tower inputs: item columns over `items`, user columns over the leave-one-out
+        histories of the given (training) interactions, computed from the standardised items."""
+        self.item_scaling = self.user_scaling = None
+        raw = self.item_matrix(items)
+        self.item_scaling = ColumnScaler.fit(raw)
+        item_vectors = self.item_scaling.transform(raw)
+        self.user_scaling = ColumnScaler.fit(
+            self.leave_one_out_user_matrix(profiles, item_vectors, user_rows, item_rows, labels, n_users))
+        return self
+
+    def _scale_users(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix if self.user_scaling is None else self.user_scaling.transform(matrix)
 
     def _build_indexes(self) -> None:
         self._tag_index = {t: i for i, t in enumerate(self.tag_vocab + [OOV])}
@@ -176,6 +222,7 @@ class FeaturePipeline:
             "user_groups": ["liked_mean", "noped_mean", "history"],
             "profile_numeric": sorted(self.profile_numeric),
             "profile_categorical": sorted(self.profile_categorical),
+            "standardised": self.item_scaling is not None and self.user_scaling is not None,
         }
 
     def schema_hash(self) -> str:
@@ -195,7 +242,8 @@ class FeaturePipeline:
         parts.append(_one_hot(items["maker"].fillna("").astype(str).tolist(), self._maker_index, len(self._maker_index)))
         numerics = _item_numerics(items)
         parts.append(np.stack([self.numeric_scalers[k].transform(numerics[k]) for k in self.numeric_scalers], axis=1))
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        out = np.concatenate(parts, axis=1).astype(np.float32)
+        return out if self.item_scaling is None else self.item_scaling.transform(out)
 
     def profile_matrix(self, users: pd.DataFrame) -> np.ndarray:
         parts = [np.zeros((len(users), 0), dtype=np.float32)]
@@ -230,7 +278,7 @@ class FeaturePipeline:
     ) -> np.ndarray:
         """User tower input from history given as parallel arrays (user row, item row, label)."""
         sums = _history_sums(item_vectors, user_rows, item_rows, labels, n_users)
-        return np.concatenate([self.history_aggregates(*sums), profiles], axis=1)
+        return self._scale_users(np.concatenate([self.history_aggregates(*sums), profiles], axis=1))
 
     def leave_one_out_user_matrix(
         self,
@@ -255,7 +303,7 @@ class FeaturePipeline:
         row_n_like = n_like[user_rows] - labels.astype(np.int64)
         row_n_nope = n_nope[user_rows] - (1 - labels.astype(np.int64))
         agg = self.history_aggregates(row_like_sum, row_nope_sum, row_n_like, row_n_nope)
-        return np.concatenate([agg, profiles[user_rows]], axis=1)
+        return self._scale_users(np.concatenate([agg, profiles[user_rows]], axis=1))
 
     # ------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
@@ -275,6 +323,9 @@ class FeaturePipeline:
             "profile_categorical": self.profile_categorical,
             "numeric_scalers": {k: vars(v) for k, v in self.numeric_scalers.items()},
             "profile_numeric": {k: vars(v) for k, v in self.profile_numeric.items()},
+            # (x - mean) / scale per column, applied last by item_matrix / user_matrix (None: raw features)
+            "item_scaling": _scaler_spec(self.item_scaling),
+            "user_scaling": _scaler_spec(self.user_scaling),
         }
         (d / "spec.json").write_text(json.dumps(spec, indent=2))
 
@@ -293,8 +344,16 @@ class FeaturePipeline:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("item_scaling", None)  # pipelines saved before standardisation
+        state.setdefault("user_scaling", None)
         self.__dict__.update(state)
         self._build_indexes()
+
+
+def _scaler_spec(scaler: ColumnScaler | None) -> dict | None:
+    if scaler is None:
+        return None
+    return {"mean": [float(v) for v in scaler.mean], "scale": [float(v) for v in scaler.scale]}
 
 
 def _history_sums(

@@ -46,24 +46,29 @@ class CompareResult:
     decided_on: str
 
 
-def load_eval_data(data: "str | Path | Dataset | SyntheticData", oracle: bool = True
-                   ) -> tuple["Dataset", "SyntheticData | None", str]:
-    """(dataset, synthetic generator data for the oracle or None, source label)."""
-    from ml.data.loaders import is_postgres_dsn, load_dataset, mask_dsn
+def load_eval_data(data: "str | Path | Dataset | SyntheticData", oracle: bool = True,
+                   data_config: dict | None = None) -> tuple["Dataset", "SyntheticData | None", str]:
+    """(dataset, synthetic generator data for the oracle or None, source label); files are read with the
+    model's `data.*` (rating scale, like threshold)."""
+    from ml.data.loaders import describe_source, is_postgres_dsn, load_dataset
     from ml.data.schema import Dataset
     from ml.data.synthetic import SyntheticData
     from ml.evaluation.evaluate import synthetic_from_folder
+    from ml.secrets import resolve_secret_ref
 
     if isinstance(data, SyntheticData):
         return data.dataset, data if oracle else None, "synthetic"
     if isinstance(data, Dataset):
         return data, None, str(data.sources.get("interactions", "in-memory"))
-    text = str(data)
-    dataset = load_dataset(text)
+    label = describe_source(str(data))  # env:VAR as written, a literal DSN without its password
+    text = resolve_secret_ref(str(data), "data source") or ""
+    data_config = dict(data_config or {})
+    dataset = load_dataset(text, rating_scale=data_config.get("rating_scale", "auto"),
+                           like_threshold=data_config.get("like_threshold"))
     if is_postgres_dsn(text):
-        return dataset, None, mask_dsn(text)
+        return dataset, None, label
     synthetic = synthetic_from_folder(text, dataset) if oracle else None
-    return dataset, synthetic, text
+    return dataset, synthetic, label
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -86,8 +91,9 @@ def evaluate_run(
     oracle: bool = True,
     synthetic: "SyntheticData | None" = None,
     model_uri: str | None = None,
+    test_split: float | None = None,
 ) -> EvalResult:
-    """Evaluate a model (bundle folder or MLflow URI) with baselines, segments and oracle; log it as a run.
+    """Evaluate a model (bundle folder or MLflow URI) on the test part with baselines, segments and oracle; log a run.
 
     `compare_to` (a champion) adds a champion/challenger comparison, this model being
     the challenger. `model_uri` labels a local bundle with the URI it was logged as.
@@ -100,12 +106,13 @@ def evaluate_run(
         model_dir = resolve_model(model, Path(downloads) / "model")           # bad URI: same
         champion_dir = resolve_model(compare_to, Path(downloads) / "champion") if compare_to else None
         return _evaluate_run(model, model_dir, champion_dir, data, ks, names, compare_to, nested, run_name,
-                             experiment, validation_split, seed, n_bootstrap, oracle, synthetic, model_uri)
+                             experiment, {"validation_split": validation_split, "test_split": test_split}, seed,
+                             n_bootstrap, oracle, synthetic, model_uri)
 
 
 def _evaluate_run(model: Any, model_dir: Path, champion_dir: Path | None, data: Any, ks: tuple[int, ...],
                   names: tuple[str, ...], compare_to: Any, nested: bool, run_name: str, experiment: str | None,
-                  validation_split: float | None, seed: int, n_bootstrap: int, oracle: bool,
+                  shares: dict[str, float | None], seed: int, n_bootstrap: int, oracle: bool,
                   synthetic: "SyntheticData | None", model_uri: str | None) -> EvalResult:
     import mlflow
 
@@ -116,16 +123,16 @@ def _evaluate_run(model: Any, model_dir: Path, champion_dir: Path | None, data: 
     from ml.evaluation.report import write_evaluation_outputs
     from ml.tracking.runs import start_run
 
-    dataset, synth, source = load_eval_data(data, oracle=oracle)
+    bundle = load_bundle(model_dir)
+    dataset, synth, source = load_eval_data(data, oracle=oracle, data_config=bundle.config.get("data"))
     if synthetic is not None and oracle:
         synth = synthetic
-    bundle = load_bundle(model_dir)
-    evaluation = evaluate_bundle(bundle, dataset, ks, names, synthetic=synth, validation_split=validation_split,
-                                 seed=seed)
+    evaluation = evaluate_bundle(bundle, dataset, ks, names, synthetic=synth, seed=seed, **shares)
     comparison = None
     if champion_dir is not None:
-        champ = evaluate_bundle(load_bundle(champion_dir), dataset, ks, names, baselines=(),
-                                validation_split=evaluation.split.validation_split, seed=seed)
+        champ = evaluate_bundle(load_bundle(champion_dir), dataset, ks, names, baselines=(), seed=seed,
+                                validation_split=evaluation.split.validation_split,
+                                test_split=evaluation.split.test_split)
         comparison = compare_evaluations(champ, evaluation, n_bootstrap=n_bootstrap, seed=seed)
     fingerprint = dataset_fingerprint(dataset)
     label = model_uri or str(model)
@@ -142,9 +149,12 @@ def _evaluate_run(model: Any, model_dir: Path, champion_dir: Path | None, data: 
             params: dict[str, Any] = {
                 "eval.model_uri": label, "eval.data_source": source, "eval.data_hash": fingerprint["hash"],
                 "eval.ks": ",".join(map(str, ks)), "eval.metrics": ",".join(names),
-                "eval.validation_split": evaluation.split.validation_split, "eval.seed": seed,
-                "eval.oracle": "oracle" in evaluation.summaries,
+                "eval.part": evaluation.split.part, "eval.validation_split": evaluation.split.validation_split,
+                "eval.test_split": evaluation.split.test_split, "eval.seed": seed,
+                "eval.oracle": "oracle" in evaluation.summaries, "eval.baselines": ",".join(evaluation.baselines),
             }
+            for name, why in evaluation.skipped.items():
+                params[f"eval.skipped.{name}"] = why[:500]
             if compare_to:
                 params["eval.compare_to"] = str(compare_to)
                 params["eval.n_bootstrap"] = n_bootstrap
@@ -181,6 +191,7 @@ def compare_run(
     confidence: float = 0.95,
     seed: int = 0,
     decide_on: str | None = None,
+    test_split: float | None = None,
 ) -> CompareResult:
     """Challenger vs champion on the same held-out data, logged as a run with table and plots.
 
@@ -193,6 +204,7 @@ def compare_run(
     from ml.evaluation.compare import compare_evaluations, write_outputs
     from ml.evaluation.evaluate import evaluate_bundle
     from ml.evaluation.metrics import metric_key, parse_ks, parse_metrics
+    from ml.evaluation.protocol import split_shares
     from ml.tracking.runs import start_run
 
     ks, names = parse_ks(ks), parse_metrics(metrics)
@@ -204,10 +216,9 @@ def compare_run(
         chall_bundle = load_bundle(resolve_model(challenger, Path(downloads) / "challenger"))
         champ_bundle.user_tower, chall_bundle.user_tower  # noqa: B018 - load the towers before the folder goes
     dataset, _, source = load_eval_data(data, oracle=False)
-    if validation_split is None:
-        validation_split = float(champ_bundle.config.get("training", {}).get("validation_split", 0.2))
-    ev_a = evaluate_bundle(champ_bundle, dataset, ks, names, baselines=(), validation_split=validation_split, seed=seed)
-    ev_b = evaluate_bundle(chall_bundle, dataset, ks, names, baselines=(), validation_split=validation_split, seed=seed)
+    shares = split_shares(champ_bundle.config, validation_split, test_split)
+    ev_a = evaluate_bundle(champ_bundle, dataset, ks, names, baselines=(), seed=seed, **shares)
+    ev_b = evaluate_bundle(chall_bundle, dataset, ks, names, baselines=(), seed=seed, **shares)
     comparison = compare_evaluations(ev_a, ev_b, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     overall = comparison.overall().set_index("metric")
     if decide_on not in overall.index:
@@ -221,7 +232,9 @@ def compare_run(
             run_id = run.info.run_id
             mlflow.log_params({"compare.champion": str(champion), "compare.challenger": str(challenger),
                                "compare.data_source": source, "compare.ks": ",".join(map(str, ks)),
-                               "compare.metrics": ",".join(names), "compare.validation_split": validation_split,
+                               "compare.metrics": ",".join(names), "compare.part": ev_a.split.part,
+                               "compare.validation_split": shares["validation_split"],
+                               "compare.test_split": shares["test_split"],
                                "compare.n_bootstrap": n_bootstrap, "compare.confidence": confidence,
                                "compare.decide_on": decide_on, "compare.seed": seed})
             mlflow.set_tags({"towerops.champion_uri": str(champion), "towerops.challenger_uri": str(challenger),

@@ -4,12 +4,13 @@ and surviving a tracking server that goes away mid-run."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from ml.logs import get_logger
-from ml.settings import ensure_tracking_uri
+from ml.settings import ReadOnlyStoreError, check_store_writable, ensure_tracking_uri, get_settings, is_read_only_error
 
 log = get_logger("training")
 
@@ -20,12 +21,38 @@ def start_run(run_name: str | None = None, experiment: str | None = None, nested
     """`mlflow.start_run` that joins the run `mlflow run` created (MLFLOW_RUN_ID) when there is one."""
     import mlflow
 
-    ensure_tracking_uri()
-    if not mlflow.active_run() and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-    if nested and mlflow.active_run():
-        return mlflow.start_run(run_name=run_name, nested=True, tags=dict(tags or {}))
-    return mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+    uri = ensure_tracking_uri()
+    check_store_writable(uri)  # a read-only mlflow.db: a clear error before any run
+    try:
+        if not mlflow.active_run() and not os.environ.get("MLFLOW_RUN_ID"):
+            set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, uri)
+        if nested and mlflow.active_run():
+            return mlflow.start_run(run_name=run_name, nested=True, tags=dict(tags or {}))
+        return mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+    except Exception as exc:
+        if is_read_only_error(exc):  # e.g. a disk remounted read-only after the check
+            raise ReadOnlyStoreError(f"the tracking store {uri} refused a write (read-only): make the database and its "
+                                     "folder writable, or point MLFLOW_TRACKING_URI at a writable store") from None
+        raise
+
+
+def set_experiment(name: str, uri: str) -> None:
+    """`mlflow.set_experiment`, except that a new experiment on a SQLite store keeps its artifacts
+    beside the database (`<db folder>/mlruns/<name>`) rather than in whatever folder the process
+    runs in (the embedded default, mlflow.db in the working folder, keeps ./mlruns)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ml.settings import sqlite_file
+
+    db = sqlite_file(uri)
+    if db is not None and mlflow.get_experiment_by_name(name) is None:
+        try:
+            folder = re.sub(r"[^\w.-]", "_", name) or "experiment"
+            mlflow.create_experiment(name, artifact_location=str(db.resolve().parent / "mlruns" / folder))
+        except MlflowException:  # created meanwhile by another process: use it as it is
+            pass
+    mlflow.set_experiment(name)
 
 
 class TrackingServerUnavailable(ConnectionError):
@@ -90,7 +117,7 @@ def _tracking_lost(run_id: str, exc: BaseException) -> TrackingServerUnavailable
     """Wait for the server, then let the enclosing `with` mark the run FAILED (or not block on it)."""
     from mlflow import MlflowClient
 
-    deadline = time.time() + float(os.environ.get("TOWEROPS_TRACKING_RECOVERY_S", "120"))
+    deadline = time.time() + get_settings().tracking_recovery_s
     log.error("tracking server unreachable during run %s; waiting until %s for it to come back to mark the run "
               "FAILED", run_id, time.strftime("%H:%M:%S", time.localtime(deadline)))
     while time.time() < deadline and not tracking_server_reachable():

@@ -114,16 +114,20 @@ def train_run(
     """Validate config and data, then train inside an MLflow run and log everything."""
     import mlflow
 
-    from ml.config import load_config
     from ml.data.fingerprint import dataset_fingerprint
     from ml.data.loaders import load_dataset
+    from ml.data.ratings import apply_rating_config
     from ml.data.schema import Dataset
+    from ml.platform import load_training_config
+    from ml.secrets import describe_secret, is_secret_ref
+    from ml.tracking.datasets import describe_data_source, log_training_data
     from ml.training.distribute import global_batch_problem, plan_distribution, start_distribution
     from ml.training.trainer import create_standard_trainer
 
-    config = load_config(config_path, overrides)  # bad config: error before any run
+    config = load_training_config(config_path, overrides)  # bad config: error before any run (default: towerops.yaml)
     plan = plan_distribution(config)  # bad strategy or TF_CONFIG: same
-    dataset = data if isinstance(data, Dataset) else load_dataset(str(data))  # bad data: same
+    dataset = data if isinstance(data, Dataset) else load_dataset(  # bad data: same
+        str(data), rating_scale=config.data.rating_scale, like_threshold=config.data.like_threshold)
     fingerprint = dataset_fingerprint(dataset)
     distribution = start_distribution(plan)  # waits for the other workers; a missing one: error, no run
     problem = global_batch_problem(config.training.batch_size, distribution.num_replicas)
@@ -138,7 +142,9 @@ def train_run(
         out_dir = Path(model_dir) if model_dir else Path(tempfile.mkdtemp(prefix="towerops-model-"))
         params: dict[str, Any] = {k: json.dumps(v) if isinstance(v, list) else v for k, v in config.flat_params().items()}
         params.update({
-            "data.source": str(dataset.sources.get("interactions", "in-memory")),
+            # an env:VAR reference is recorded as written (the gate re-reads it at use time); never the DSN itself;
+            # a folder as its absolute path, a DSN without its password: the same from every host
+            "data.source": data if is_secret_ref(data) else describe_secret(describe_data_source(dataset, data)["uri"]),
             "data.hash": fingerprint["hash"],
             **{f"data.rows.{k}": v for k, v in fingerprint["rows"].items()},
         })
@@ -147,6 +153,11 @@ def train_run(
                          **distribution.tags()})
         mlflow.log_dict(fingerprint, "data_fingerprint.json")
         mlflow.log_dict(config.to_dict(), "config.json")
+
+        # the data as an MLflow dataset (absolute source, content hash) and the exact evaluation set, so
+        # the gate on any host evaluates on the test part this run held out (ml.tracking.datasets)
+        log_training_data(apply_rating_config(dataset, config.data.rating_scale, config.data.like_threshold),
+                          data, fingerprint, config.training.validation_split, config.training.test_split)
 
         trainer = create_standard_trainer(model_dir=out_dir, config=config, callbacks=[mlflow_epoch_callback(run_id)],
                                           distribution=distribution)
@@ -158,6 +169,11 @@ def train_run(
         best["best_epoch"] = float(trainer.best_epoch if trainer.best_epoch is not None else -1)
         best["epochs_run"] = float(metadata["epochs_run"])
         mlflow.log_metrics(best)
+        # embedding health of the exported bundle, one step after the last epoch, so each health_* metric's
+        # latest value is the model that was exported (the per-epoch values stay in its history)
+        health = {k: float(v) for k, v in metadata.get("health", {}).items() if v is not None}
+        if health:
+            mlflow.log_metrics(health, step=int(metadata["epochs_run"]))
 
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_curves(history, Path(tmp) / "training_curves.png")))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ml.logs import get_logger
+from ml.settings import get_settings
 
 log = get_logger("training")
 
@@ -223,7 +224,7 @@ def wait_for_cluster(spec: ClusterSpec, timeout_s: float | None = None, probe_ti
     then the listener is closed for TensorFlow to bind the port.
     """
     if timeout_s is None:
-        timeout_s = float(os.environ.get("TOWEROPS_CLUSTER_WAIT_S", DEFAULT_CLUSTER_WAIT_S))
+        timeout_s = get_settings().cluster_wait_s
     _, own_port = _split_address(spec.address, "own address")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -25,17 +25,23 @@ import pandas as pd
 
 from ml.config import TowerOpsConfig, config_from_dict
 from ml.data.schema import Dataset
-from ml.logs import get_logger
+from ml.data.split import TimeSplit, time_split_per_user
+from ml.logs import get_logger, metric_text
 
 if TYPE_CHECKING:
+    from ml.model.inputs import IdTables
     from ml.training.distribute import Distribution
-from ml.data.split import TimeSplit, time_split_per_user
 
 log = get_logger("training")
 
+
 @dataclass
 class PreparedData:
-    """Everything the fit and the export need, computed once."""
+    """Everything the fit and the export need, computed once.
+
+    `item_known` / `user_known`: catalog items and users with at least one training
+    interaction, i.e. the ID vocabulary; the others fall back to the OOV row.
+    """
 
     item_ids: np.ndarray
     user_ids: np.ndarray
@@ -45,6 +51,14 @@ class PreparedData:
     item_rows: np.ndarray
     labels: np.ndarray
     split: TimeSplit
+
+    @property
+    def item_known(self) -> np.ndarray:
+        return np.bincount(self.item_rows[self.split.train], minlength=len(self.item_ids)) > 0
+
+    @property
+    def user_known(self) -> np.ndarray:
+        return np.bincount(self.user_rows[self.split.train], minlength=len(self.user_ids)) > 0
 
 
 class EpochProgress:
@@ -62,7 +76,8 @@ class EpochProgress:
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
-                shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
+                shown = " ".join(f"{k}={metric_text(v, why='undefined this epoch')}" for k, v in sorted(logs.items())
+                                 if isinstance(v, (int, float)))
                 log.info("epoch %d/%d (%.1fs) %s", epoch + 1, total_epochs, time.time() - self._te, shown)
 
         return _Progress()
@@ -85,27 +100,37 @@ class TwoTowerTrainer:
 
     # ------------------------------------------------------------------ data
     def prepare(self, dataset: Dataset) -> PreparedData:
+        from ml.data.ratings import apply_rating_config
         from ml.preprocessing.features import FeaturePipeline
 
         cfg = self.config
+        dataset = apply_rating_config(dataset, cfg.data.rating_scale, cfg.data.like_threshold)  # likes per data.*
         self.pipeline = FeaturePipeline(config=cfg.features, seed=cfg.training.seed).fit(dataset.items, dataset.users)
         item_ids = dataset.items["item_id"].to_numpy()
         user_ids = dataset.users["user_id"].to_numpy()
         item_index = pd.Index(item_ids)
         user_index = pd.Index(user_ids)
         inter = dataset.interactions
+        user_rows = user_index.get_indexer(inter["user_id"]).astype(np.int64)
+        item_rows = item_index.get_indexer(inter["item_id"]).astype(np.int64)
+        if (user_rows < 0).any() or (item_rows < 0).any():
+            raise ValueError("interactions reference users or items missing from their tables; run validate_dataset first")
+        labels = inter["label"].to_numpy().astype(np.int64)
+        split = time_split_per_user(inter, cfg.training.validation_split, cfg.training.test_split)
+        profiles = self.pipeline.profile_matrix(dataset.users)
+        if cfg.features.standardize:  # tower inputs to mean 0 / variance 1 over the training part
+            tr = split.train
+            self.pipeline.fit_scaling(dataset.items, profiles, user_rows[tr], item_rows[tr], labels[tr], len(user_ids))
         prepared = PreparedData(
             item_ids=item_ids,
             user_ids=user_ids,
             item_vectors=self.pipeline.item_matrix(dataset.items),
-            profiles=self.pipeline.profile_matrix(dataset.users),
-            user_rows=user_index.get_indexer(inter["user_id"]).astype(np.int64),
-            item_rows=item_index.get_indexer(inter["item_id"]).astype(np.int64),
-            labels=inter["label"].to_numpy().astype(np.int64),
-            split=time_split_per_user(inter, cfg.training.validation_split),
+            profiles=profiles,
+            user_rows=user_rows,
+            item_rows=item_rows,
+            labels=labels,
+            split=split,
         )
-        if (prepared.user_rows < 0).any() or (prepared.item_rows < 0).any():
-            raise ValueError("interactions reference users or items missing from their tables; run validate_dataset first")
         n_train_likes = int(prepared.labels[prepared.split.train].sum())
         if n_train_likes == 0:
             raise ValueError(
@@ -114,40 +139,73 @@ class TwoTowerTrainer:
             )
         self.prepared = prepared
         log.info(
-            "prepared features: %d users, %d items, %d train / %d validation interactions, item_dim=%d user_dim=%d",
+            "prepared features: %d users, %d items, %d train / %d validation / %d test interactions (test never "
+            "read in training), item_dim=%d user_dim=%d",
             len(user_ids), len(item_ids), int(prepared.split.train.sum()), int(prepared.split.valid.sum()),
-            self.pipeline.item_dim, self.pipeline.user_dim,
+            int(prepared.split.test.sum()), self.pipeline.item_dim, self.pipeline.user_dim,
         )
         return prepared
 
+    @property
+    def uses_ids(self) -> bool:
+        """Whether the towers get the ID stage (model.id_embedding_dim > 0)."""
+        return self.config.model.id_embedding_dim > 0
+
     def training_arrays(self, p: PreparedData) -> tuple[dict, np.ndarray, tuple[dict, np.ndarray] | None]:
+        """Model inputs of the train rows (history without the row itself) and of the validation rows
+        (history = the train part). The test part is not touched."""
+        from ml.model.inputs import history_id_matrix, leave_out
+
         pl = self.pipeline
         tr, va = p.split.train, p.split.valid
         n_users = len(p.user_ids)
         # log q(item): how often each item fills a batch slot (its share of training rows)
         counts = np.bincount(p.item_rows[tr], minlength=len(p.item_ids)).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(int(tr.sum()), 1)).astype(np.float32)
+        u_tr, i_tr, y_tr = p.user_rows[tr], p.item_rows[tr], p.labels[tr]
         x_train = {
-            "user_features": pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr],
-                                                           p.labels[tr], n_users),
-            "item_features": p.item_vectors[p.item_rows[tr]],
-            "user_index": p.user_rows[tr],
-            "item_index": p.item_rows[tr],
-            "item_log_q": log_q[p.item_rows[tr]],
+            "user_features": pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, u_tr, i_tr, y_tr, n_users),
+            "item_features": p.item_vectors[i_tr],
+            "user_index": u_tr,
+            "item_index": i_tr,
+            "item_log_q": log_q[i_tr],
         }
-        y_train = p.labels[tr].astype(np.float32)
+        if self.uses_ids:
+            m, seed = self.config.model, self.config.training.seed
+            liked = history_id_matrix(u_tr[y_tr == 1], i_tr[y_tr == 1], n_users, m.history_length, seed)
+            noped = history_id_matrix(u_tr[y_tr == 0], i_tr[y_tr == 0], n_users, m.history_length, seed + 1)
+            x_train.update({
+                "user_id": u_tr.astype(np.int32), "item_id": i_tr.astype(np.int32),
+                "liked_ids": leave_out(liked[u_tr], i_tr, y_tr == 1),
+                "noped_ids": leave_out(noped[u_tr], i_tr, y_tr == 0),
+            })
+        y_train = y_tr.astype(np.float32)
         valid = None
         if va.any():
-            history_users = pl.user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr], p.labels[tr], n_users)
+            history_users = pl.user_matrix(p.profiles, p.item_vectors, u_tr, i_tr, y_tr, n_users)
+            u_va, i_va = p.user_rows[va], p.item_rows[va]
             x_val = {
-                "user_features": history_users[p.user_rows[va]],
-                "item_features": p.item_vectors[p.item_rows[va]],
-                "user_index": p.user_rows[va],
-                "item_index": p.item_rows[va],
-                "item_log_q": log_q[p.item_rows[va]],
+                "user_features": history_users[u_va],
+                "item_features": p.item_vectors[i_va],
+                "user_index": u_va,
+                "item_index": i_va,
+                "item_log_q": log_q[i_va],
             }
+            if self.uses_ids:
+                known_u, known_i = p.user_known, p.item_known
+                x_val.update({
+                    "user_id": np.where(known_u[u_va], u_va, -1).astype(np.int32),
+                    "item_id": np.where(known_i[i_va], i_va, -1).astype(np.int32),
+                    "liked_ids": liked[u_va], "noped_ids": noped[u_va],
+                })
             valid = (x_val, p.labels[va].astype(np.float32))
         return x_train, y_train, valid
+
+    def id_tables(self) -> "IdTables":
+        """The model's ID tables as exported: items/users without a training interaction carry the OOV row."""
+        p = self.prepared
+        return self.model.id_tables().with_cold_rows_as_oov(p.item_known, p.user_known) if self.uses_ids else \
+            _empty_tables(len(p.item_ids), len(p.user_ids))
 
     # ----------------------------------------------------------------- train
     def ensure_distribution(self) -> "Distribution":
@@ -162,14 +220,19 @@ class TwoTowerTrainer:
         """Build and compile the model; under `strategy.scope()` so its variables are mirrored."""
         import keras
 
+        from ml.model.optim import decoupled_weight_decay_optimizer
         from ml.model.two_tower import TwoTowerModel
 
         cfg = self.config
         keras.utils.set_random_seed(cfg.training.seed)
+        n_items = len(self.prepared.item_ids) if self.prepared is not None else None
+        n_users = len(self.prepared.user_ids) if self.prepared is not None else None
         with strategy.scope() if strategy is not None else nullcontext():
             model = TwoTowerModel.from_config_object(cfg.model, self.pipeline.user_dim, self.pipeline.item_dim,
-                                                     bce_weight=cfg.training.bce_weight)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.training.learning_rate),
+                                                     bce_weight=cfg.training.bce_weight, n_items=n_items,
+                                                     n_users=n_users, seed=cfg.training.seed)
+            model.compile(optimizer=decoupled_weight_decay_optimizer(cfg.training.learning_rate,
+                                                                     cfg.model.l2_regularization),
                           jit_compile=cfg.training.jit_compile)
         return model
 
@@ -179,10 +242,13 @@ class TwoTowerTrainer:
         cfg = self.config.training
         dist = self.ensure_distribution()
         self.model = self.build_model(dist.strategy if dist.distributed else None)
+        from ml.training.callbacks import EmbeddingHealth
+
         monitor = "val_loss" if valid is not None else "loss"
         ckpt_dir = self.model_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         callbacks = [
+            EmbeddingHealth(self),  # first: the figures land in the logs every later callback sees
             keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True,
                                           verbose=0),
             keras.callbacks.ModelCheckpoint(str(ckpt_dir / "best.weights.h5"), monitor=monitor,
@@ -270,7 +336,8 @@ class TwoTowerTrainer:
             if user_features is None or item_features is None or interactions is None:
                 raise ValueError("pass user_features, item_features and interactions DataFrames, or dataset=")
             dataset = validate_dataset(user_features, item_features, interactions,
-                                       {"users": "user_features", "items": "item_features", "interactions": "interactions"})
+                                       {"users": "user_features", "items": "item_features", "interactions": "interactions"},
+                                       self.config.data.rating_scale, self.config.data.like_threshold)
         dist = self.ensure_distribution()
         scratch = None
         if not dist.is_chief:
@@ -288,6 +355,12 @@ class TwoTowerTrainer:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
         return history
+
+
+def _empty_tables(n_items: int, n_users: int) -> "IdTables":
+    from ml.model.inputs import IdTables
+
+    return IdTables.empty(n_items, n_users)
 
 
 def create_standard_trainer(model_dir: str | Path = "models/two_tower",

@@ -18,16 +18,25 @@ so they are fitted once and shared by all trials.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-import yaml
+from pydantic import Field, field_validator, model_validator
 
-from ml.config import TowerOpsConfig, config_from_dict
+from ml.config import (
+    ConfigError,
+    KeyProblem,
+    StrictModel,
+    TowerOpsConfig,
+    config_from_dict,
+    read_config_file,
+    validate_config,
+)
 from ml.logs import get_logger
 
 log = get_logger("training")
@@ -44,22 +53,77 @@ TUNABLE: dict[str, str] = {
 _INT_PARAMS = {"batch_size"}
 _LIST_PARAMS = {"hidden_units"}
 _MINIMIZE = {"val_loss", "val_retrieval_loss", "val_rating_loss"}
-_TOP_KEYS = {"n_trials", "timeout_s", "trial_epochs", "objective", "sampler", "pruner", "search_space",
-             "enqueue_trials"}
 DEFAULT_METRIC = "val_ndcg_at_10"
 
 
 # ------------------------------------------------------------------- spec
-@dataclass(frozen=True)
-class ParamSpec:
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "batch_size": {"choices": [128, 256, 512]},
+    "dropout_rate": {"low": 0.0, "high": 0.5},
+    "l2_regularization": {"low": 1.0e-6, "high": 1.0e-1, "log": True},
+    "hidden_units": {"choices": [[256, 128], [512, 256, 128], [1024, 512, 256]]},
+    "temperature": {"low": 0.03, "high": 0.5, "log": True},
+}
+"""The search space when a tuning file gives none (configs/tuning.yaml spells it out)."""
+SEED_POINT: dict[str, Any] = {"learning_rate": 0.001, "batch_size": 256, "dropout_rate": 0.2,
+                              "l2_regularization": 0.01, "hidden_units": [512, 256, 128], "temperature": 0.1}
+"""The seed's defaults, tried first when the default search space is searched."""
+
+
+class ParamSpec(StrictModel):
     """One searched parameter: categorical `choices`, or a `low`..`high` range (`log`, `step`)."""
 
-    name: str
-    choices: tuple[Any, ...] | None = None
+    name: str = Field(exclude=True)  # the key under search_space, set by TuningFile
+    choices: list[Any] | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpec":
+        if self.choices is not None:
+            also = [k for k in ("low", "high", "log", "step") if k in self.model_fields_set]
+            if also:
+                raise ValueError(f"give either choices or low/high, not both (also has {also})")
+            if not self.choices:
+                raise KeyProblem("is empty: list at least one value, e.g. choices: "
+                                 + ("[[512, 256, 128], [256, 128]]" if self.name in _LIST_PARAMS
+                                    else "[128, 256, 512]"), "choices")
+            self.choices = [self._choice(c) for c in self.choices]
+            return self
+        if self.name in _LIST_PARAMS:
+            raise ValueError("hidden_units are searched over choices: choices: [[512, 256, 128], [256, 128]]")
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (or choices), e.g. {low: 1.0e-4, high: 1.0e-2, log: true}")
+        if self.name in _INT_PARAMS:
+            for key in ("low", "high", "step"):
+                value = getattr(self, key)
+                if value is not None and not float(value).is_integer():
+                    raise KeyProblem(f"must be an integer for {self.name}, got {value:g}", key)
+                setattr(self, key, None if value is None else int(value))
+        if self.low > self.high:
+            raise ValueError(f"low={self.low:g} is above high={self.high:g}: swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low:g}; raise low or set log: false")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be combined (Optuna samples either); drop one")
+        return self
+
+    def _choice(self, c: Any) -> Any:
+        if self.name in _LIST_PARAMS:
+            if not isinstance(c, list) or not c or not all(isinstance(u, int) and not isinstance(u, bool) for u in c):
+                raise KeyProblem(f"entry {c!r} must be a non-empty list of integers such as [512, 256, 128]",
+                                 "choices")
+            return list(c)
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise KeyProblem(f"entry {c!r} must be a number", "choices")
+        if self.name in _INT_PARAMS:
+            if not float(c).is_integer():
+                raise KeyProblem(f"entry {c!r} must be an integer", "choices")
+            return int(c)
+        return float(c)
 
     @property
     def key(self) -> str:
@@ -118,24 +182,99 @@ class ParamSpec:
         return out
 
 
+class ObjectiveSection(StrictModel):
+    metric: str = DEFAULT_METRIC
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, metric: str) -> str:
+        if metric not in _MINIMIZE and metric != "val_auc" and not _ranking_match(metric):
+            raise ValueError(f"is unknown: use {objective_metrics_help()}")
+        return metric
+
+
+class SamplerSection(StrictModel):
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int = 42
+    n_startup_trials: int = Field(10, ge=0, description="random trials before TPE models the space")
+
+
+class PrunerSection(StrictModel):
+    type: Literal["median", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0, description="completed trials before any trial is pruned")
+    n_warmup_steps: int = Field(2, ge=0, description="epochs a trial always runs before it can be pruned")
+    interval_steps: int = Field(1, ge=1)
+
+
+class TuningFile(StrictModel):
+    """configs/tuning.yaml: the study's settings and search space; missing keys take these defaults."""
+
+    n_trials: int = Field(30, ge=1)
+    timeout_s: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
+    trial_epochs: int | None = Field(20, ge=1, description="epochs per trial; best_config keeps the base's epochs")
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    pruner: PrunerSection = Field(default_factory=PrunerSection)
+    search_space: dict[str, ParamSpec] = Field(
+        default_factory=lambda: {n: ParamSpec(name=n, **v) for n, v in copy.deepcopy(DEFAULT_SPACE).items()})
+    enqueue_trials: list[dict[str, Any]] | None = Field(
+        None, description="points tried first; default: the seed's point when the default space is searched")
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        if not value:
+            raise KeyProblem(f"is missing or empty: add ranges for some of {', '.join(TUNABLE)}")
+        if not isinstance(value, Mapping):
+            return value
+        unknown = [str(n) for n in value if n not in TUNABLE]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} cannot be searched; searchable parameters: {', '.join(TUNABLE)}")
+        return {n: {**v, "name": n} if isinstance(v, Mapping) else v for n, v in value.items()}
+
+    @model_validator(mode="after")
+    def _enqueue_in_space(self) -> "TuningFile":
+        if self.enqueue_trials is None:
+            self.enqueue_trials = [] if "search_space" in self.model_fields_set else [dict(SEED_POINT)]
+        for i, point in enumerate(self.enqueue_trials):
+            for name, value in point.items():
+                spec = self.search_space.get(name)
+                if spec is None:
+                    raise ValueError(f"enqueue_trials.{i}.{name} is not searched: use parameters of search_space "
+                                     f"({', '.join(self.search_space)}) or add a range for it")
+                if not spec.contains(value):
+                    raise ValueError(f"enqueue_trials.{i}: {name}={value!r} is outside search_space.{name} "
+                                     f"({spec.describe()}): change the point or widen the space")
+        return self
+
+
 @dataclass(frozen=True)
 class TuningSpec:
-    """A validated tuning file."""
+    """A validated tuning file, flattened for the study."""
 
     space: tuple[ParamSpec, ...]
-    n_trials: int = 20
+    n_trials: int = 30
     timeout_s: float | None = None
-    trial_epochs: int | None = None
+    trial_epochs: int | None = 20
     metric: str = DEFAULT_METRIC
     sampler: str = "tpe"
     seed: int = 42
     sampler_startup_trials: int = 10
     pruner: str = "median"
     pruner_startup_trials: int = 5
-    pruner_warmup_steps: int = 1
+    pruner_warmup_steps: int = 2
     pruner_interval_steps: int = 1
     enqueue: tuple[dict[str, Any], ...] = ()
     source: str = "<dict>"
+
+    @classmethod
+    def from_file(cls, f: TuningFile, source: str = "<dict>") -> "TuningSpec":
+        return cls(space=tuple(f.search_space.values()), n_trials=f.n_trials, timeout_s=f.timeout_s,
+                   trial_epochs=f.trial_epochs, metric=f.objective.metric, sampler=f.sampler.type,
+                   seed=f.sampler.seed, sampler_startup_trials=f.sampler.n_startup_trials, pruner=f.pruner.type,
+                   pruner_startup_trials=f.pruner.n_startup_trials, pruner_warmup_steps=f.pruner.n_warmup_steps,
+                   pruner_interval_steps=f.pruner.interval_steps, enqueue=tuple(f.enqueue_trials or ()),
+                   source=source)
 
     @property
     def direction(self) -> str:
@@ -172,147 +311,19 @@ def objective_metrics_help() -> str:
             + ", ".join(sorted(_MINIMIZE)) + " (minimised)")
 
 
-def _number(where: str, value: Any, kind: type = float, minimum: float | None = None,
-            allow_none: bool = False, exclusive: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise ValueError(f"{where}={value!r} must be {'an integer' if kind is int else 'a number'}"
-                         + (" or null" if allow_none else ""))
-    value = kind(value)
-    if minimum is not None and (value <= minimum if exclusive else value < minimum):
-        raise ValueError(f"{where}={value!r} must be {'>' if exclusive else '>='} {minimum:g}")
-    return value
-
-
-def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(value).__name__}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    return dict(value)
-
-
-def _param_spec(name: str, raw: Any, where: str) -> ParamSpec:
-    if name not in TUNABLE:
-        raise ValueError(f"{where}: {name!r} cannot be searched; searchable parameters: {', '.join(TUNABLE)}")
-    raw = _mapping(where, raw, {"choices", "low", "high", "log", "step"})
-    if "choices" in raw:
-        extra = sorted(set(raw) - {"choices"})
-        if extra:
-            raise ValueError(f"{where}: give either choices or low/high, not both (also has {extra})")
-        choices = raw["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{where}.choices is empty: list at least one value, e.g. choices: "
-                             + ("[[512, 256, 128], [256, 128]]" if name in _LIST_PARAMS else "[128, 256, 512]"))
-        out = []
-        for c in choices:
-            if name in _LIST_PARAMS:
-                if not isinstance(c, list) or not c or not all(isinstance(u, int) and not isinstance(u, bool) for u in c):
-                    raise ValueError(f"{where}.choices: {c!r} must be a non-empty list of integers such as [512, 256, 128]")
-                out.append(tuple(c))
-            else:
-                out.append(_number(f"{where}.choices[]", c, int if name in _INT_PARAMS else float))
-        return ParamSpec(name, choices=tuple(list(c) if isinstance(c, tuple) else c for c in out))
-    if name in _LIST_PARAMS:
-        raise ValueError(f"{where}: hidden_units are searched over choices: choices: [[512, 256, 128], [256, 128]]")
-    if "low" not in raw or "high" not in raw:
-        raise ValueError(f"{where} needs low and high (or choices), e.g. {{low: 1.0e-4, high: 1.0e-2, log: true}}")
-    kind = int if name in _INT_PARAMS else float
-    low, high = _number(f"{where}.low", raw["low"], kind), _number(f"{where}.high", raw["high"], kind)
-    if low > high:
-        raise ValueError(f"{where}: low={low:g} is above high={high:g}: swap them")
-    log_scale = raw.get("log", False)
-    if not isinstance(log_scale, bool):
-        raise ValueError(f"{where}.log={log_scale!r} must be true or false")
-    if log_scale and low <= 0:
-        raise ValueError(f"{where}: a log range needs low > 0, got low={low:g}; raise low or set log: false")
-    step = raw.get("step")
-    if step is not None:
-        step = _number(f"{where}.step", step, kind, minimum=0, exclusive=True)
-        if log_scale:
-            raise ValueError(f"{where}: step and log cannot be combined (Optuna samples either); drop one")
-    return ParamSpec(name, low=low, high=high, log=log_scale, step=step)
-
-
 def tuning_spec_from_dict(raw: Mapping[str, Any] | None, source: str = "<dict>") -> TuningSpec:
     """Validate a tuning mapping (as read from configs/tuning.yaml)."""
-    raw = _mapping(source, raw, _TOP_KEYS)
-    space_raw = raw.get("search_space")
-    if not isinstance(space_raw, Mapping) or not space_raw:
-        raise ValueError(f"{source}: search_space is missing or empty: add ranges for some of {', '.join(TUNABLE)}")
-    space = tuple(_param_spec(str(n), v, f"{source}: search_space.{n}") for n, v in space_raw.items())
-    objective = _mapping(f"{source}: objective", raw.get("objective"), {"metric"})
-    metric = str(objective.get("metric", DEFAULT_METRIC))
-    if metric not in _MINIMIZE and metric != "val_auc" and not _ranking_match(metric):
-        raise ValueError(f"{source}: objective.metric={metric!r} is unknown: use {objective_metrics_help()}")
-    sampler = _mapping(f"{source}: sampler", raw.get("sampler"), {"type", "seed", "n_startup_trials"})
-    pruner = _mapping(f"{source}: pruner", raw.get("pruner"),
-                      {"type", "n_startup_trials", "n_warmup_steps", "interval_steps"})
-    sampler_type = str(sampler.get("type", "tpe"))
-    if sampler_type not in {"tpe", "random"}:
-        raise ValueError(f"{source}: sampler.type={sampler_type!r} is unknown: use tpe or random")
-    pruner_type = str(pruner.get("type", "median"))
-    if pruner_type not in {"median", "none"}:
-        raise ValueError(f"{source}: pruner.type={pruner_type!r} is unknown: use median or none")
-    by_name = {p.name: p for p in space}
-    enqueue_raw = raw.get("enqueue_trials") or []
-    if not isinstance(enqueue_raw, list):
-        raise ValueError(f"{source}: enqueue_trials must be a list of {{parameter: value}} mappings")
-    enqueue = []
-    for i, point in enumerate(enqueue_raw):
-        where = f"{source}: enqueue_trials[{i}]"
-        point = _mapping(where, point, set(by_name))
-        for name, value in point.items():
-            if not by_name[name].contains(value):
-                raise ValueError(f"{where}: {name}={value!r} is outside search_space.{name} "
-                                 f"({by_name[name].describe()}): change the point or widen the space")
-        enqueue.append(point)
-    return TuningSpec(
-        space=space,
-        n_trials=_number(f"{source}: n_trials", raw.get("n_trials", 20), int, minimum=1),
-        timeout_s=_number(f"{source}: timeout_s", raw.get("timeout_s"), float, minimum=0, allow_none=True,
-                          exclusive=True),
-        trial_epochs=_number(f"{source}: trial_epochs", raw.get("trial_epochs"), int, minimum=1, allow_none=True),
-        metric=metric,
-        sampler=sampler_type,
-        seed=_number(f"{source}: sampler.seed", sampler.get("seed", 42), int),
-        sampler_startup_trials=_number(f"{source}: sampler.n_startup_trials", sampler.get("n_startup_trials", 10),
-                                       int, minimum=0),
-        pruner=pruner_type,
-        pruner_startup_trials=_number(f"{source}: pruner.n_startup_trials", pruner.get("n_startup_trials", 5), int,
-                                      minimum=0),
-        pruner_warmup_steps=_number(f"{source}: pruner.n_warmup_steps", pruner.get("n_warmup_steps", 1), int,
-                                    minimum=0),
-        pruner_interval_steps=_number(f"{source}: pruner.interval_steps", pruner.get("interval_steps", 1), int,
-                                      minimum=1),
-        enqueue=tuple(enqueue),
-        source=source,
-    )
+    return TuningSpec.from_file(validate_config(TuningFile, raw, source), source)
 
 
 def load_tuning_spec(path: str | Path, n_trials: int | None = None, timeout_s: float | None = None) -> TuningSpec:
     """Read and validate a tuning YAML/JSON file; `n_trials`/`timeout_s` override the file's."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"tuning file {p} does not exist; pass a YAML file like configs/tuning.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"tuning file {p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"tuning file {p} must hold a mapping with search_space, n_trials, ...")
+    raw = read_config_file(path, "tuning file", "a mapping with search_space, n_trials, ...")
     if n_trials is not None:
         raw["n_trials"] = n_trials
     if timeout_s is not None:
         raw["timeout_s"] = timeout_s
-    return tuning_spec_from_dict(raw, str(p))
+    return tuning_spec_from_dict(raw, str(path))
 
 
 def apply_params(base: TowerOpsConfig, params: Mapping[str, Any], epochs: int | None = None) -> TowerOpsConfig:
@@ -329,9 +340,8 @@ def apply_params(base: TowerOpsConfig, params: Mapping[str, Any], epochs: int | 
 def _config_problem(base: TowerOpsConfig, params: Mapping[str, Any]) -> str | None:
     try:
         apply_params(base, params)
-    except ValueError as exc:
-        lines = [line.strip().removeprefix("- ") for line in str(exc).replace("Invalid config:", "").splitlines()]
-        return "; ".join(line for line in lines if line)
+    except ConfigError as exc:
+        return "; ".join(exc.problems)
     return None
 
 

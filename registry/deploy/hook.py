@@ -10,8 +10,6 @@ is downloaded or uploaded.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from ml.logs import get_logger
 from registry.deploy.config import DeployConfig, load_deploy_config
 from registry.deploy.deployer import SupabaseDeployer
 from registry.deploy.result import DeployResult, version_folder
+from registry.deploy.staging import staging_dir
 
 log = get_logger("deployment")
 
@@ -36,9 +35,29 @@ def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
 class RegistryDeployHook:
     """`hook(model_name, version, model_version)` for `ModelRegistry.deploy_hook`."""
 
-    def __init__(self, config: DeployConfig, config_path: str | None = None) -> None:
+    def __init__(self, config: DeployConfig, config_path: str | None = None, audit: Any = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.audit = audit  # the registry's AuditLog: its activation lock serialises pointer moves across hosts
+
+    def _activation_lock(self) -> Any:
+        return self.audit.activation_lock if self.audit is not None else None
+
+    def storage_state(self, model_name: str) -> dict[str, Any]:
+        """What storage says holds production: the pointer's and the active `model_versions` row's
+        registry version (None where nothing is deployed; `row` absent without a database)."""
+        deployer = self.deployer(model_name)
+        try:
+            deployer.preflight()
+            pointer = deployer.pointer(model_name) or {}
+            state: dict[str, Any] = {"pointer": pointer.get("registry_version"), "folder": pointer.get("version"),
+                                     "backend": deployer.backend.describe()}
+            if deployer.table is not None:
+                row = deployer.table.active(model_name) or {}
+                state["row"] = row.get("registry_version")
+            return state
+        finally:
+            deployer.close()
 
     def deployer(self, model_name: str) -> SupabaseDeployer:
         return SupabaseDeployer(self.config, model_name=model_name)
@@ -58,10 +77,13 @@ class RegistryDeployHook:
         try:
             from registry.audit import AuditLog, audit_url
 
-            url = audit_url()
-            if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-                return None
-            versions = AuditLog(url).production_stack(model_name)
+            if self.audit is not None:  # the registry's own trail
+                versions = self.audit.production_stack(model_name)
+            else:
+                url = audit_url()
+                if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+                    return None
+                versions = AuditLog(url).production_stack(model_name)
             client = self._client()
             return [version_folder(client.get_model_version(model_name, v).tags["semver"]) for v in versions]
         except Exception as exc:  # noqa: BLE001 - history is a refinement, not a requirement
@@ -93,13 +115,15 @@ class RegistryDeployHook:
             return None
         return sync_registry_version(model_name, str(version), model_version, self.config, activate=True,
                                      stack=self._production_stack(model_name),
-                                     precondition=self._still_production(model_name, str(version)))
+                                     precondition=self._still_production(model_name, str(version)),
+                                     activation_lock=self._activation_lock())
 
 
 def sync_registry_version(model_name: str, version: str, model_version: Any, config: DeployConfig,
-                          activate: bool = True, stack: list[str] | None = None, precondition: Any = None
-                          ) -> DeployResult:
-    """Upload (if needed) and optionally activate one registry version."""
+                          activate: bool = True, stack: list[str] | None = None, precondition: Any = None,
+                          activation_lock: Any = None) -> DeployResult:
+    """Upload (if needed) and optionally activate one registry version. `activation_lock(model)`
+    (the registry's audit database) serialises activations where there is no `model_versions` database."""
     tags = dict(getattr(model_version, "tags", {}) or {})
     semver = tags.get("semver")
     if not semver:
@@ -107,6 +131,7 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
                          "(which assigns the semantic version the storage folder is named after)")
     folder = version_folder(semver)
     deployer = SupabaseDeployer(config, model_name=model_name)
+    deployer.activation_lock = activation_lock
     try:
         deployer.preflight()
         action = "promote"
@@ -128,21 +153,18 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
                                      action=action)
         from ml.bundle.resolve import resolve_model
 
-        tmp = Path(tempfile.mkdtemp(prefix="towerops-sync-"))
-        try:
+        with staging_dir("sync") as tmp:  # named after this process: a killed sync's folder is swept later
             bundle = resolve_model(f"models:/{model_name}/{version}", download_dir=tmp)
             return deployer.deploy_model(
                 bundle, folder, description=getattr(model_version, "description", None) or None,
                 model_name=model_name, registry_version=str(version), run_id=getattr(model_version, "run_id", None),
                 metrics=_metrics_from_tags(tags) or None, activate=activate, action=action, stack=stack,
                 precondition=precondition, source=f"models:/{model_name}/{version}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     finally:
         deployer.close()
 
 
-def deploy_hook_from_env(config_path: str | None = None) -> RegistryDeployHook | None:
+def deploy_hook_from_env(config_path: str | None = None, audit: Any = None) -> RegistryDeployHook | None:
     """The registry's deploy hook from `configs/deployment.yaml` (or $TOWEROPS_DEPLOY_CONFIG).
 
     With no config at all it deploys to the local folder `deployments/`, so `main` works on a
@@ -152,4 +174,4 @@ def deploy_hook_from_env(config_path: str | None = None) -> RegistryDeployHook |
     if not config.auto_deployment:
         log.debug("supabase.auto_deployment is false: promotions are not deployed automatically")
         return None
-    return RegistryDeployHook(config, config_path)
+    return RegistryDeployHook(config, config_path, audit=audit)

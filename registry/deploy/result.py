@@ -8,9 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from registry.deploy.storage.base import (
-    StorageError,
-)
+from registry.deploy.storage.base import StorageError
 from registry.semver import SemVer
 
 
@@ -45,7 +43,8 @@ class DeployResult:
     bytes_uploaded: int = 0
     total_bytes: int = 0
     files: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0          # the whole deployment: TF.js export, hashing, upload, activation
+    upload_seconds: float = 0.0   # sending and verifying the files and the manifest only
     activated: bool = False
     repointed_only: bool = False
     previous: str | None = None
@@ -58,7 +57,9 @@ class DeployResult:
 
     @property
     def mb_per_s(self) -> float:
-        return self.bytes_uploaded / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        """Upload throughput: bytes sent over the time spent uploading (not the TF.js export,
+        the hashing or the activation)."""
+        return self.bytes_uploaded / 1e6 / self.upload_seconds if self.upload_seconds > 0 else 0.0
 
     def describe(self) -> str:
         if self.unchanged:

@@ -71,7 +71,7 @@ def test_repo_config_loads_and_bad_config_is_named(tmp_path):
     assert {"like_rate_drop", "item_embedding_drift", "latency_p99"} <= {a.name for a in cfg.alerts}
     bad = tmp_path / "m.yaml"
     bad.write_text("alerts:\n  - {name: x, metric: m, op: '=>', threshold: 1}\n")
-    with pytest.raises(ValueError, match=r"alerts\[0\] \(x\): op '=>'"):
+    with pytest.raises(ValueError, match=r"alerts.0.op='=>' is unknown: use >, >=, < or <="):
         load_monitoring_config(bad)
     with pytest.raises(ValueError, match="rollback.on_alerts names \\['nope'\\]"):
         parse_config({"alerts": RULES, "rollback": {"enabled": True, "on_alerts": ["nope"]}})

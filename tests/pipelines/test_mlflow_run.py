@@ -1,8 +1,8 @@
-"""MLproject entry points run with `mlflow run` into tmp_path (SQLite tracking)."""
+"""MLproject entry points run with `mlflow run` into tmp_path (SQLite tracking). The `main` chain and
+the other entry points, with their exit codes, are in test_main_chain.py."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,44 +26,6 @@ def _client(tmp_path: Path):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=mlflow_env(tmp_path)["MLFLOW_TRACKING_URI"])
-
-
-def test_main_finishes_with_all_artifacts_and_a_working_pyfunc(tmp_path: Path) -> None:
-    import mlflow
-
-    proc = _mlflow_run(tmp_path, "main", {"users": 300, "items": 200, "interactions": 6000, "epochs": 2,
-                                          "data_dir": tmp_path / "data", "model_dir": tmp_path / "model"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = _client(tmp_path)
-    exp = client.get_experiment_by_name("e2e")
-    runs = {r.data.tags.get("towerops.step"): r for r in client.search_runs([exp.experiment_id])}
-    main, train = runs["main"], runs["train"]
-    assert main.info.status == "FINISHED" and train.info.status == "FINISHED"
-    assert train.data.tags["mlflow.parentRunId"] == main.info.run_id
-
-    # the full config as params, the data fingerprint
-    p = train.data.params
-    assert p["model.hidden_units"] == "[512, 256, 128]" and p["model.item_embedding_dim"] == "768"
-    assert p["training.learning_rate"] == "0.001" and p["data.rows.interactions"] == "6000"
-    assert len(p["data.hash"]) == 64
-    # per-epoch train and validation metrics
-    for key in ("loss", "val_loss", "auc", "val_auc"):
-        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1]
-    artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
-    assert {"training_curves.png", "data_fingerprint.json", "config.json", "metadata.json", "preprocessing",
-            "keras", "saved_model"} <= artifacts
-    assert {a.path for a in client.list_artifacts(train.info.run_id, "saved_model")} == {
-        "saved_model/item_tower", "saved_model/user_tower"}
-
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_env(tmp_path)["MLFLOW_TRACKING_URI"]
-    try:
-        model = mlflow.pyfunc.load_model(train.data.tags["towerops.model_uri"])
-        users = pd.read_csv(tmp_path / "data" / "users.csv", dtype=str)["user_id"].head(3).tolist()
-        out = model.predict(pd.DataFrame({"user_id": users}))
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    assert len(out) == 30 and out.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 11))).all()
-    assert (out.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
 
 
 def test_train_entry_point_with_overrides(tmp_path: Path, tiny_synth) -> None:
@@ -98,6 +60,6 @@ def test_bad_data_fails_clearly_and_leaves_no_finished_run(tmp_path: Path, tiny_
     # the CLI exits 2 with the same report and starts no run at all
     env = mlflow_env(tmp_path)
     cli = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "--data", str(tmp_path / "data")],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 2 and "duplicate" in cli.stderr.lower()
     assert len(client.search_runs([client.get_experiment_by_name("e2e").experiment_id])) == len(runs)

@@ -7,6 +7,8 @@ once the server is back, the run is FAILED. Never a FINISHED run with missing pa
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from support.helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EPOCHS = 24  # tiny model: ~0.5 s an epoch, so the kill lands mid-training
+EPOCHS = 24  # the trainer is paused (SIGSTOP) at its first logged epoch, so the kill lands mid-training
 TINY = ["--set", "model.user_embedding_dim=32", "--set", "model.item_embedding_dim=32",
         "--set", "model.hidden_units=[64,32]", "--set", "training.batch_size=128",
         "--set", f"training.epochs={EPOCHS}", "--set", f"training.patience={EPOCHS}"]
@@ -58,6 +60,27 @@ def _loss_steps(server, run_id: str) -> list[int]:
     return sorted(m["step"] for m in history)
 
 
+def _pause(proc: subprocess.Popen, server, run_id: str) -> int:
+    """SIGSTOP the training process group; the number of epochs it had logged (fewer than EPOCHS)."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    logged = len(_loss_steps(server, run_id))
+    if logged >= EPOCHS:
+        os.killpg(proc.pid, signal.SIGCONT)
+        pytest.fail(f"training logged all {EPOCHS} epochs before it could be paused")
+    return logged
+
+
+def _wait_for_line(out: Path, proc: subprocess.Popen, text: str, timeout: float = 300) -> None:
+    """Until the training output holds `text` (the process must still run)."""
+    deadline = time.time() + timeout
+    while text not in out.read_text(errors="replace"):
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (rc {proc.returncode}) before printing {text!r}:\n{out.read_text()[-3000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"training never printed {text!r}:\n{out.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 def test_server_back_within_retry_window_run_carries_on(mlflow_server, tiny_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "train.log"
     env = mlflow_server.client_env(MLFLOW_EXPERIMENT_NAME="fault-resume", MLFLOW_HTTP_REQUEST_MAX_RETRIES="6",
@@ -65,17 +88,20 @@ def test_server_back_within_retry_window_run_carries_on(mlflow_server, tiny_data
     with open(out, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", "--data", str(tiny_data_dir),
                                  "--model-dir", str(tmp_path / "model"), *TINY],
-                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         run_id = _wait_first_epoch(mlflow_server, "fault-resume", proc, out)
+        logged = _pause(proc, mlflow_server, run_id)
         mlflow_server.kill()
-        killed_at = time.time()
-        mlflow_server.start()  # same database, same port, well inside the ~2 min retry window
-        assert time.time() - killed_at < 100, "server restart too slow for this test's retry window"
+        os.killpg(proc.pid, signal.SIGCONT)
+        # the next epoch's line is printed just before its metrics are sent: from there on the
+        # trainer is retrying against the dead server
+        _wait_for_line(out, proc, f"epoch {logged + 1}/{EPOCHS}")
+        mlflow_server.start()  # same database, same port, inside the retry window (6 retries, backoff 2: ~2 min)
         rc = proc.wait(timeout=480)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     log = out.read_text()
     assert rc == 0, log[-4000:]
     run = _api(mlflow_server, "runs/get", run_id=run_id)["run"]
@@ -98,10 +124,12 @@ def test_server_down_past_retry_window_run_ends_failed(mlflow_server, tiny_data_
     with open(out, "wb") as fh:
         proc = subprocess.Popen(["mlflow", "run", ".", "-e", "train", "--env-manager", "local",
                                  "--experiment-name", "fault-fail", *params],
-                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         run_id = _wait_first_epoch(mlflow_server, "fault-fail", proc, out)
+        _pause(proc, mlflow_server, run_id)
         mlflow_server.kill()
+        os.killpg(proc.pid, signal.SIGCONT)
         deadline = time.time() + 180
         while "tracking server unreachable during run" not in out.read_text():  # the client gave up retrying
             assert proc.poll() is None, out.read_text()[-3000:]
@@ -111,7 +139,7 @@ def test_server_down_past_retry_window_run_ends_failed(mlflow_server, tiny_data_
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     log = " ".join(out.read_text().split())
     assert rc != 0
     assert f"stopped answering during run {run_id}" in log and "marked FAILED" in log

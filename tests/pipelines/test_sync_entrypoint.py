@@ -16,10 +16,11 @@ from support.helpers import REPO_ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _mlflow_run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def _mlflow_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """From `cwd` (tmp): a new experiment's artifact root (./mlruns) lands there, not in the checkout."""
     return subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "--env-manager", "local",
                            "--experiment-name", "e2e-sync", *args],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_sync_entry_point(tiny_synth, tmp_path, monkeypatch):
@@ -54,12 +55,12 @@ def test_sync_entry_point(tiny_synth, tmp_path, monkeypatch):
         env.pop(var, None)
     (tmp_path / "registry.yaml").write_text(f"model_name: {name}\n")
 
-    none = _mlflow_run(["-e", "sync", "-P", f"config={cfg}", "-P", f"registry_config={tmp_path / 'registry.yaml'}"], env)
+    none = _mlflow_run(["-e", "sync", "-P", f"config={cfg}", "-P", f"registry_config={tmp_path / 'registry.yaml'}"], env, tmp_path)
     assert none.returncode != 0
     assert "has no production version in the registry" in none.stderr + none.stdout
 
     reg.promote(version, force=True, reason="e2e", data=str(tmp_path / "data"))
-    ok = _mlflow_run(["-e", "sync", "-P", f"config={cfg}", "-P", f"registry_config={tmp_path / 'registry.yaml'}"], env)
+    ok = _mlflow_run(["-e", "sync", "-P", f"config={cfg}", "-P", f"registry_config={tmp_path / 'registry.yaml'}"], env, tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
     base = tmp_path / "deployments" / "model-artifacts" / name
     pointer = json.loads((base / "production.json").read_text())

@@ -4,31 +4,27 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 import requests
-from support.helpers import REPO_ROOT
+from support.helpers import REPO_ROOT, refused_port
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env or dict(os.environ))
-
-
-def _closed_port() -> int:
-    """A free loopback port (nothing listens there once we return)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """`towerops ...` in a fresh temp folder: its defaults (mlartifacts/, .towerops/server) land there."""
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=tempfile.mkdtemp(prefix="towerops-cli-"),
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _tables(dsn: str) -> set[str]:
@@ -45,26 +41,27 @@ def _tables(dsn: str) -> set[str]:
 @pytest.mark.parametrize("case", ["unreachable", "unknown_role", "missing_db", "bad_scheme", "no_db_name"])
 def test_bad_backend_store_is_a_clear_error_and_exit_2(case: str, pg_admin_dsn: str) -> None:
     admin = urlsplit(pg_admin_dsn)
-    dsn = {
-        "unreachable": f"postgresql://mlflow:sekrit-pw@127.0.0.1:{_closed_port()}/mlflow",
-        "unknown_role": urlunsplit(admin._replace(netloc=f"no_such_role:sekrit-pw@{admin.hostname}:{admin.port or 5432}")),
-        "missing_db": urlunsplit(admin._replace(path="/towerops_no_such_db")),
-        "bad_scheme": "mysql://mlflow:sekrit-pw@127.0.0.1/mlflow",
-        "no_db_name": "postgresql://mlflow:sekrit-pw@127.0.0.1:5432",
-    }[case]
-    proc = _cli("server", "--dsn", dsn, "--check-only")
-    expected = {
-        "unreachable": "cannot connect to PostgreSQL at 127.0.0.1",
-        "unknown_role": "check the user and password",
-        "missing_db": "createdb",
-        "bad_scheme": "must start with postgresql://",
-        "no_db_name": "has no database name",
-    }[case]
-    out = " ".join(proc.stderr.split())
-    assert proc.returncode == 2, proc.stderr
-    assert out.startswith("error:") and expected in out
-    assert "sekrit-pw" not in proc.stderr + proc.stdout
-    assert "Traceback" not in proc.stderr
+    with refused_port() as closed:  # bound, not listening: nothing answers there, nobody else can listen
+        dsn = {
+            "unreachable": f"postgresql://mlflow:sekrit-pw@127.0.0.1:{closed}/mlflow",
+            "unknown_role": urlunsplit(admin._replace(netloc=f"no_such_role:sekrit-pw@{admin.hostname}:{admin.port or 5432}")),
+            "missing_db": urlunsplit(admin._replace(path="/towerops_no_such_db")),
+            "bad_scheme": "mysql://mlflow:sekrit-pw@127.0.0.1/mlflow",
+            "no_db_name": "postgresql://mlflow:sekrit-pw@127.0.0.1:5432",
+        }[case]
+        proc = _cli("server", "--dsn", dsn, "--check-only")
+        expected = {
+            "unreachable": "cannot connect to PostgreSQL at 127.0.0.1",
+            "unknown_role": "check the user and password",
+            "missing_db": "createdb",
+            "bad_scheme": "must start with postgresql://",
+            "no_db_name": "has no database name",
+        }[case]
+        out = " ".join(proc.stderr.split())
+        assert proc.returncode == 2, proc.stderr
+        assert out.startswith("error:") and expected in out
+        assert "sekrit-pw" not in proc.stderr + proc.stdout
+        assert "Traceback" not in proc.stderr
 
 
 def test_dsn_from_environment_and_missing_dsn(pg_dsn: str, tmp_path: Path) -> None:
@@ -100,7 +97,7 @@ def test_a_migration_failing_midway_leaves_nothing_behind(pg_dsn: str, monkeypat
     """Fault injection: the 20th alembic step fails; the database must stay empty, then migrate cleanly."""
     import sqlalchemy
 
-    import pipelines.server as server
+    import ml.tracking.server as server
 
     real_engine = server._engine
     steps = {"n": 0}
@@ -142,7 +139,7 @@ def test_half_initialised_database_is_refused(pg_dsn: str) -> None:
 def test_webhook_key_is_generated_once_private_and_env_wins(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
-    from pipelines.server import webhook_encryption_key
+    from ml.tracking.server import webhook_encryption_key
 
     key = webhook_encryption_key(tmp_path, env={})
     Fernet(key.encode())  # a valid Fernet key
@@ -211,10 +208,10 @@ def test_mlflow_run_train_is_tracked_in_postgres(mlflow_server, tiny_data_dir: P
 def moto_s3():
     from moto.server import ThreadedMotoServer
 
-    port = _closed_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # binds a port of its own
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
@@ -229,7 +226,7 @@ def test_artifacts_land_in_an_s3_bucket(mlflow_server_factory, moto_s3: str, tmp
     s3.create_bucket(Bucket="towerops-artifacts")
 
     # a bucket that does not exist is caught before the server starts
-    from pipelines.server import check_artifacts_destination
+    from ml.tracking.server import check_artifacts_destination
 
     with pytest.raises(FileNotFoundError, match="no-such-bucket"):
         check_artifacts_destination("s3://no-such-bucket/x", env=s3_env)

@@ -20,10 +20,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from support.helpers import (
-    REPO_ROOT,
-    free_port,  # noqa: E402
-)
+from support.helpers import REPO_ROOT, PortClash, candidate_port, is_port_clash
 
 # A fixed Fernet key for tests only (MLflow encrypts webhook secrets with it).
 TEST_WEBHOOK_KEY = "dG93ZXJvcHMtdGVzdC13ZWJob29rLWtleS0zMmJ5dGU="
@@ -37,7 +34,8 @@ class MlflowServer:
         self.dsn = dsn
         self.artifacts = artifacts
         self.state_dir = state_dir
-        self.port = port or free_port()
+        self._pick_port = port is None  # until the first start succeeds: a clash moves to a fresh port
+        self.port = port or candidate_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.webhook_key = TEST_WEBHOOK_KEY
         self.extra_args = tuple(extra_args)
@@ -46,7 +44,22 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> "MlflowServer":
+        """Start and wait for /health; a first start whose port was taken retries on a fresh one."""
+        for _ in range(5):
+            try:
+                self._start_once(timeout)
+                self._pick_port = False
+                return self
+            except PortClash:
+                if not self._pick_port:
+                    raise
+                self.port = candidate_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"towerops server found no free port in 5 tries:\n{self.log_tail()}")
+
+    def _start_once(self, timeout: float) -> "MlflowServer":
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "TOWEROPS_WEBHOOK_ENCRYPTION_KEY": self.webhook_key, **self.extra_env}
         env.pop("MLFLOW_TRACKING_URI", None)
         argv = [sys.executable, "-m", "pipelines.cli", "server", "--dsn", self.dsn, "--port", str(self.port),
@@ -59,6 +72,8 @@ class MlflowServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                if is_port_clash(self.log_path.read_bytes()[offset:].decode(errors="replace")):
+                    raise PortClash(f"port {self.port} taken:\n{self.log_tail()}")
                 raise RuntimeError(f"towerops server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:

@@ -174,13 +174,27 @@ class _Target:
         return sql.Identifier(self.schema, name)
 
 
+def _password(dsn: str) -> str | None:
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        return parse_dsn(dsn).get("password")
+    except Exception:  # noqa: BLE001 - a malformed DSN: psycopg2's own error says why
+        return None
+
+
 def publish_postgres(version_dir: str | Path, dsn: str, prefix: str = "towerops", schema: str = "public",
                      use_pgvector: bool | None = None, keep_versions: int = 2,
                      lock_timeout_s: float = 5.0, switch_retries: int = 3) -> PostgresPublish:
-    """Load a Parquet version folder into versioned tables and switch the views to it, in one transaction."""
+    """Load a Parquet version folder into versioned tables and switch the views to it, in one transaction.
+
+    `dsn` may be `env:VAR` (read from the environment now)."""
     import psycopg2
     from psycopg2 import sql
 
+    from ml.secrets import mask_dsn, resolve_secret_ref
+
+    dsn = resolve_secret_ref(dsn, "--dsn") or ""
     vdir = Path(version_dir)
     manifest = json.loads((vdir / "manifest.json").read_text())
     version = manifest["version"]
@@ -191,8 +205,10 @@ def publish_postgres(version_dir: str | Path, dsn: str, prefix: str = "towerops"
     try:
         conn = psycopg2.connect(dsn, connect_timeout=10, application_name="towerops-batch")
     except psycopg2.OperationalError as exc:
-        raise ConnectionError(f"cannot connect to PostgreSQL for publishing ({str(exc).strip()}); "
-                              "check the --dsn (postgresql://user:pass@host:5432/db)") from exc
+        raise ConnectionError(f"cannot connect to PostgreSQL for publishing, at {mask_dsn(dsn)} "
+                              f"({mask_dsn(' '.join(str(exc).split()), _password(dsn))}); "
+                              "check the --dsn (postgresql://user@host:5432/db, or env:VAR naming an environment "
+                              "variable that holds it)") from None
     t0 = time.perf_counter()
     try:
         try:

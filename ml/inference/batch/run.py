@@ -78,8 +78,10 @@ def run_batch(model_dir: str | Path, out_dir: str | Path, top_k: int = 10, chunk
               switch_retries: int = 3) -> BatchResult:
     """Score every known user, write a Parquet version, switch `current`, then publish to PostgreSQL if asked."""
     from ml.inference.engine import RealtimeInferenceEngine, parse_top_k
+    from ml.secrets import resolve_secret_ref
 
     top_k = parse_top_k(top_k)
+    dsn = resolve_secret_ref(dsn, "--dsn")  # env:VAR: read now, so a missing variable fails before any scoring
     if keep_versions < 1:
         raise ValueError(f"keep_versions={keep_versions} must be at least 1 (the current version)")
     if dsn:

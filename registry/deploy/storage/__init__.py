@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ml.settings import get_settings
 from registry.deploy.storage.base import (
     BucketNotFound,
+    InvalidObjectKey,
     ObjectStat,
     ObjectTooLarge,
     PermanentStorageError,
@@ -20,7 +22,7 @@ from registry.deploy.storage.base import (
 
 BACKENDS = ("auto", "local", "supabase", "s3")
 
-__all__ = ["BACKENDS", "BucketNotFound", "ObjectStat", "ObjectTooLarge", "PermanentStorageError", "RetryPolicy",
+__all__ = ["BACKENDS", "BucketNotFound", "InvalidObjectKey", "ObjectStat", "ObjectTooLarge", "PermanentStorageError", "RetryPolicy",
            "StorageAuthError", "StorageBackend", "StorageError", "TransientStorageError", "open_backend",
            "resolve_backend_kind"]
 
@@ -28,15 +30,16 @@ __all__ = ["BACKENDS", "BucketNotFound", "ObjectStat", "ObjectTooLarge", "Perman
 def resolve_backend_kind(kind: str) -> str:
     """`auto`: Supabase when SUPABASE_URL / TOWEROPS_SUPABASE_STORAGE_URL is set, S3 when
     TOWEROPS_S3_ENDPOINT_URL is set, else the local folder. $TOWEROPS_DEPLOY_BACKEND wins."""
-    kind = (os.environ.get("TOWEROPS_DEPLOY_BACKEND") or kind or "auto").strip().lower()
+    settings = get_settings()
+    kind = (settings.deploy_backend or kind or "auto").strip().lower()
     if kind not in BACKENDS:
         raise ValueError(f"storage backend {kind!r} is unknown: use one of {', '.join(BACKENDS)} "
                          "(storage.backend in configs/deployment.yaml or $TOWEROPS_DEPLOY_BACKEND)")
     if kind != "auto":
         return kind
-    if os.environ.get("SUPABASE_URL") or os.environ.get("TOWEROPS_SUPABASE_STORAGE_URL"):
+    if os.environ.get("SUPABASE_URL") or settings.supabase_storage_url:
         return "supabase"
-    if os.environ.get("TOWEROPS_S3_ENDPOINT_URL"):
+    if settings.s3_endpoint_url:
         return "s3"
     return "local"
 
@@ -47,7 +50,7 @@ def open_backend(kind: str, bucket: str, local_dir: str | None = None, **options
     if kind == "local":
         from registry.deploy.storage.local import LocalFolderBackend
 
-        root = os.environ.get("TOWEROPS_DEPLOY_DIR") or local_dir or "deployments"
+        root = get_settings().deploy_dir or local_dir or "deployments"
         return LocalFolderBackend(root, bucket)
     if kind == "s3":
         from registry.deploy.storage.s3 import S3Backend

@@ -3,8 +3,10 @@
 
 Writes go to a temporary file in the same folder and are renamed into place, so a reader
 (or a sync killed midway) never sees half a file (no fsync: atomic for readers, not made
-durable against power loss). `stat` hashes the file: the local
-backend always verifies content, not metadata.
+durable against power loss). The temporary file is named `.upload-<host>-<pid>-*` after its
+writer, so `sweep_incomplete` removes those a killed run left behind (writer gone) and never a
+live run's. `stat` hashes the file: the local backend always verifies content, not metadata.
+Cache-Control has no meaning here and is not stored.
 """
 
 from __future__ import annotations
@@ -12,10 +14,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
-from registry.deploy.storage.base import BucketNotFound, FileDigest, ObjectStat, PermanentStorageError, StorageBackend, digest_file
+from registry.deploy.storage.base import (
+    BucketNotFound,
+    FileDigest,
+    ObjectStat,
+    PermanentStorageError,
+    StorageBackend,
+    digest_file,
+    owner_is_gone,
+    owner_tag,
+)
+
+TEMP_PREFIX = ".upload-"
 
 
 class LocalFolderBackend(StorageBackend):
@@ -58,7 +72,7 @@ class LocalFolderBackend(StorageBackend):
     def _atomic_write(self, dest: Path, write) -> None:
         """`write(tmp_path)` then rename into place: readers see the old file or the new one."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{owner_tag()}-", dir=dest.parent)
         os.close(fd)
         try:
             write(tmp)
@@ -96,10 +110,31 @@ class LocalFolderBackend(StorageBackend):
             return []
         out = []
         for p in sorted(top.rglob("*")):
-            if p.is_file() and not p.name.startswith(".upload-"):
+            if p.is_file() and not p.name.startswith(TEMP_PREFIX):
                 key = p.relative_to(self.base).as_posix()
-                out.append(ObjectStat(key, p.stat().st_size))
+                st = p.stat()
+                out.append(ObjectStat(key, st.st_size, modified=st.st_mtime))
         return out
+
+    def sweep_incomplete(self, prefix: str, started_before: float) -> int:
+        """Temporary files under `prefix` whose writer (this host's process) is gone, or that
+        are older than `started_before` and a day."""
+        top = self.base / prefix.strip("/") if prefix.strip("/") else self.base
+        if not top.is_dir():
+            return 0
+        removed = 0
+        for p in top.rglob(f"{TEMP_PREFIX}*"):
+            owner = p.name[len(TEMP_PREFIX):].rsplit("-", 1)[0]  # '<host>-<pid>'; mkstemp's suffix has no '-'
+            try:
+                old = p.stat().st_mtime < min(started_before, time.time()) - 86400
+            except OSError:
+                continue
+            if owner_is_gone(owner) or old:
+                p.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            self._drop_empty({p.parent for p in top.rglob("*") if p.is_dir()} | {top})
+        return removed
 
     def list_dirs(self, prefix: str) -> list[str]:
         top = self.base / prefix.strip("/") if prefix.strip("/") else self.base
@@ -113,7 +148,11 @@ class LocalFolderBackend(StorageBackend):
             p = self._path(key)
             p.unlink(missing_ok=True)
             parents.add(p.parent)
-        for parent in sorted(parents, key=lambda x: len(x.parts), reverse=True):  # drop emptied folders
+        self._drop_empty(parents)
+
+    def _drop_empty(self, folders: Iterable[Path]) -> None:
+        """Remove emptied folders, deepest first, up to the bucket folder."""
+        for parent in sorted(folders, key=lambda x: len(x.parts), reverse=True):
             while parent != self.base and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent

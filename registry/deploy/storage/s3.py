@@ -5,8 +5,15 @@ Configuration comes from the environment (never from files in the repo):
 TOWEROPS_S3_ENDPOINT_URL (empty = AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION.
 
-Each object carries its sha256 as user metadata (`x-amz-meta-sha256`). botocore's own retries are
-off so the deployer's backoff policy is the only one (and logs each retry).
+Each object carries its sha256 as user metadata (`x-amz-meta-sha256`) and the same
+Cache-Control as on the other backends (Supabase stores `no-cache` for an object sent without
+one). botocore's own retries are off so the deployer's backoff policy is the only one (and
+logs each retry).
+
+Where Supabase's S3 endpoint differs from AWS and moto (supabase/storage v1.11): DeleteObjects
+answers AccessDenied for a key that does not exist (checked with a HEAD, then ignored); an
+interrupted multipart upload stays until aborted (aborted on failure, swept on the next run);
+a key outside its character rule gets a bare 400 (the deployer checks keys before uploading).
 """
 
 from __future__ import annotations
@@ -16,16 +23,24 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ml.logs import get_logger
+from ml.settings import get_settings
 from registry.deploy.storage.base import (
+    DEFAULT_CACHE_CONTROL,
+    KEY_CHARACTERS,
     BucketNotFound,
     FileDigest,
+    InvalidObjectKey,
     ObjectStat,
     ObjectTooLarge,
     PermanentStorageError,
     StorageAuthError,
     StorageBackend,
     TransientStorageError,
+    invalid_key_characters,
 )
+
+log = get_logger("deployment")
 
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
                "AuthorizationHeaderMalformed", "InvalidSecurity", "Forbidden", "403", "401"}
@@ -46,7 +61,7 @@ class S3Backend(StorageBackend):
         if not bucket:
             raise ValueError("S3 bucket name is empty; set supabase.storage_bucket")
         self.bucket = bucket
-        self.endpoint_url = endpoint_url or os.environ.get("TOWEROPS_S3_ENDPOINT_URL") or None
+        self.endpoint_url = endpoint_url or get_settings().s3_endpoint_url or None
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self._access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID")
         self._secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -104,6 +119,9 @@ class S3Backend(StorageBackend):
             if code == "EntityTooLarge" or status == 413:
                 return ObjectTooLarge(f"{where}: the object exceeds the server's size limit ({msg}); raise the "
                                       "bucket's file size limit", status, code)
+            if status == 400 and key and invalid_key_characters(key):  # Supabase: a bare 400 on HEAD
+                return InvalidObjectKey(f"{where}: 400 {code}: the key holds {invalid_key_characters(key)}; "
+                                        f"Supabase Storage accepts only ASCII {KEY_CHARACTERS} in keys", status, code)
             return PermanentStorageError(f"{where}: {status} {code}: {msg}", status, code)
         if isinstance(exc, bx.NoCredentialsError):
             return StorageAuthError(f"{where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
@@ -135,15 +153,35 @@ class S3Backend(StorageBackend):
 
     # ------------------------------------------------------------------ interface
     def check(self) -> None:
+        """HEAD the bucket; a 404 is confirmed with a listing, whose error code tells a missing
+        bucket (NoSuchBucket) from an endpoint that does not speak S3 at that URL."""
         from botocore.exceptions import ClientError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:  # HEAD has no body: 404 means the bucket is missing
-            if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) == 404:
+            return
+        except ClientError as exc:  # HEAD has no body: 404 alone does not say what is missing
+            if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) != 404:
+                raise self._error(exc, "open bucket") from None
+        except Exception as exc:  # noqa: BLE001
+            mapped = self._error(exc, "open bucket")
+            if mapped is exc:
+                raise
+            raise mapped from None
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
                 raise BucketNotFound(f"open bucket s3://{self.bucket} at {self.endpoint_url or 'AWS'}: bucket "
                                      f"{self.bucket!r} does not exist; create it (Supabase: Storage → New bucket) "
-                                     "or set supabase.storage_bucket", 404, "NoSuchBucket") from None
+                                     "or set supabase.storage_bucket", 404, code) from None
+            if code in ("404", "NotFound", ""):
+                raise PermanentStorageError(
+                    f"open bucket s3://{self.bucket} at {self.endpoint_url or 'AWS'}: the endpoint answers 404 "
+                    "without an S3 error code, so it is not an S3 endpoint at this URL; set TOWEROPS_S3_ENDPOINT_URL "
+                    "to the S3 URL (Supabase: <project>.storage.supabase.co/storage/v1/s3, or <storage server>/s3)",
+                    404, code or "404") from None
             raise self._error(exc, "open bucket") from None
         except Exception as exc:  # noqa: BLE001
             mapped = self._error(exc, "open bucket")
@@ -155,18 +193,64 @@ class S3Backend(StorageBackend):
                  cache_control: str | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        extra = {"Metadata": {"sha256": digest.sha256}, "ContentType": content_type}
-        if cache_control:
-            extra["CacheControl"] = cache_control
+        extra = {"Metadata": {"sha256": digest.sha256}, "ContentType": content_type,
+                 "CacheControl": cache_control or DEFAULT_CACHE_CONTROL}
         config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunk,
                                 max_concurrency=self.max_concurrency, use_threads=self.max_concurrency > 1)
-        self._call("upload", key, self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra, Config=config)
+        try:
+            self._call("upload", key, self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra,
+                       Config=config)
+        except BaseException:
+            if digest.size >= self.multipart_threshold:  # the server keeps the parts until aborted
+                self._abort_uploads(key, exact=True)
+            raise
 
     def put_bytes(self, key: str, data: bytes, content_type: str, cache_control: str | None = None) -> None:
-        extra: dict[str, Any] = {"Metadata": {"sha256": hashlib.sha256(data).hexdigest()}, "ContentType": content_type}
-        if cache_control:
-            extra["CacheControl"] = cache_control
+        extra: dict[str, Any] = {"Metadata": {"sha256": hashlib.sha256(data).hexdigest()}, "ContentType": content_type,
+                                 "CacheControl": cache_control or DEFAULT_CACHE_CONTROL}
         self._call("upload", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **extra)
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        """Multipart uploads in progress under `prefix`: {Key, UploadId, Initiated (epoch s)}."""
+        out: list[dict[str, Any]] = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+
+        def run() -> None:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for up in page.get("Uploads", []) or []:
+                    initiated = up.get("Initiated")
+                    out.append({"Key": up["Key"], "UploadId": up["UploadId"],
+                                "Initiated": initiated.timestamp() if initiated is not None else None})
+
+        self._call("list multipart uploads", prefix, run)
+        return out
+
+    def _abort_uploads(self, prefix: str, exact: bool = False, started_before: float | None = None) -> int:
+        """Abort multipart uploads under `prefix` (only `prefix` itself with `exact`) initiated
+        before `started_before`; best effort on a failure path (logged, never raised)."""
+        try:
+            uploads = self.multipart_uploads(prefix)
+        except Exception as exc:  # noqa: BLE001 - the next run sweeps what this one cannot
+            log.warning("could not list multipart uploads under s3://%s/%s to abort them: %s", self.bucket, prefix, exc)
+            return 0
+        aborted = 0
+        for up in uploads:
+            if exact and up["Key"] != prefix:
+                continue
+            if started_before is not None and up["Initiated"] is not None and up["Initiated"] >= started_before:
+                continue
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                aborted += 1
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not abort multipart upload %s of s3://%s/%s: %s", up["UploadId"], self.bucket,
+                            up["Key"], exc)
+        if aborted:
+            log.info("aborted %d interrupted multipart upload(s) under s3://%s/%s", aborted, self.bucket, prefix)
+        return aborted
+
+    def sweep_incomplete(self, prefix: str, started_before: float) -> int:
+        return self._abort_uploads(prefix, started_before=started_before)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
@@ -207,7 +291,8 @@ class S3Backend(StorageBackend):
                 raise
             raise mapped from None
         etag = head.get("ETag")
-        return ObjectStat(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("sha256"), etag)
+        return ObjectStat(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("sha256"), etag,
+                          cache_control=head.get("CacheControl"))
 
     def list(self, prefix: str) -> list[ObjectStat]:
         out: list[ObjectStat] = []
@@ -216,7 +301,9 @@ class S3Backend(StorageBackend):
         def run() -> None:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []) or []:
-                    out.append(ObjectStat(obj["Key"], int(obj["Size"]), None, obj.get("ETag")))
+                    modified = obj.get("LastModified")
+                    out.append(ObjectStat(obj["Key"], int(obj["Size"]), None, obj.get("ETag"),
+                                          modified=modified.timestamp() if modified is not None else None))
 
         self._call("list", prefix, run)
         return out
@@ -235,12 +322,15 @@ class S3Backend(StorageBackend):
         return sorted(names)
 
     def delete(self, keys: Iterable[str]) -> None:
+        """DeleteObjects in batches of 1000; a key reported AccessDenied is ignored when a HEAD
+        shows it is gone (Supabase's answer for a key that does not exist)."""
         keys = list(keys)
         for i in range(0, len(keys), 1000):
             batch = keys[i:i + 1000]
             resp = self._call("delete", batch[0], self.client.delete_objects, Bucket=self.bucket,
                               Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
             errors = [e for e in resp.get("Errors", []) or [] if e.get("Code") not in _MISSING_CODES]
+            errors = [e for e in errors if e.get("Code") != "AccessDenied" or self.stat(str(e.get("Key"))) is not None]
             if errors:
                 raise PermanentStorageError(f"delete in s3://{self.bucket} failed for {len(errors)} object(s): "
                                             f"{errors[0].get('Key')}: {errors[0].get('Code')} {errors[0].get('Message')}")

@@ -10,11 +10,15 @@ row-level-security policies needed). Requests carry `Authorization: Bearer <key>
 Objects are uploaded with `x-upsert: true` and user metadata `{"sha256", "size"}`, read
 back through `GET /object/info/{bucket}/{path}` for verification.
 
-Errors, as the storage server (supabase/storage v1.x) sends them: a JSON body
-`{"statusCode": "404", "code": "NoSuchKey", "error": "not_found", "message": ...}` with HTTP
-status 400 for every non-500 error (the real status is the body's `statusCode`), 500 for
-internal errors, 544 for database timeouts; the API gateway answers a bad `apikey` with
-401 `{"message": "Invalid API key"}`. We classify on the body's statusCode first.
+Errors, as the storage server (supabase/storage v1.11) sends them: a JSON body
+`{"statusCode": "404", "error": "not_found", "message": "Object not found"}` (no `code`; storage3
+hands `error` over as the exception's code) with HTTP status 400 for most client errors (the real
+status is the body's `statusCode`), 413 over a size limit, 500 for internal errors, 544 for
+database timeouts. An unknown route is fastify's 404 `{"statusCode": 404, "error": "Not Found",
+"message": "Route GET:/... not found"}` (what SUPABASE_URL pointing at a storage server without
+the gateway gets); the API gateway answers a bad `apikey` with 401 `{"message": "Invalid API
+key"}`. We classify on the body's statusCode first; "bucket does not exist" only for the
+server's own "Bucket not found".
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
+from ml.settings import get_settings
 from registry.deploy.storage.base import (
+    KEY_CHARACTERS,
     BucketNotFound,
     FileDigest,
+    InvalidObjectKey,
     ObjectStat,
     ObjectTooLarge,
     PermanentStorageError,
     StorageAuthError,
     StorageBackend,
     TransientStorageError,
+    max_age_of,
 )
 
 _AUTH_CODES = {"InvalidJWT", "AccessDenied", "Unauthorized", "InvalidSignature", "ExpiredToken",
@@ -43,6 +51,18 @@ _TRANSIENT_CODES = {"SlowDown", "DatabaseTimeout", "DatabaseConnectionLimit", "D
 _MISSING = {"not_found", "NoSuchKey"}
 _LIST_PAGE = 1000
 _DELETE_BATCH = 1000  # the server's `prefixes` maxItems
+
+
+def _epoch(stamp: Any) -> float | None:
+    """Epoch seconds of the server's ISO 8601 timestamps (None when absent or unreadable)."""
+    from datetime import datetime
+
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def storage_base_url(url: str) -> str:
@@ -73,8 +93,14 @@ def _refuse_public_key(key: str) -> None:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except ValueError:
         return
-    role = payload.get("role") if isinstance(payload, dict) else None
-    if role and role != "service_role":
+    if not isinstance(payload, dict):
+        return
+    role = payload.get("role")
+    if not role:  # the server treats it as no one: private buckets answer "Bucket not found"
+        raise StorageAuthError("SUPABASE_SERVICE_ROLE_KEY holds a JWT without a role claim, which Supabase Storage "
+                               "lets see no private bucket; use the project's service-role key (Project Settings → "
+                               "API keys), whose role is service_role")
+    if role != "service_role":
         raise StorageAuthError(f"SUPABASE_SERVICE_ROLE_KEY holds a key with role {role!r}; deployments need the "
                                "service-role key (Project Settings → API keys), which bypasses row-level security")
 
@@ -89,7 +115,7 @@ class SupabaseStorageBackend(StorageBackend):
         if not bucket:
             raise ValueError("bucket name is empty; set supabase.storage_bucket (e.g. model-artifacts)")
         self.bucket = bucket
-        storage_url = storage_url or os.environ.get("TOWEROPS_SUPABASE_STORAGE_URL")
+        storage_url = storage_url or get_settings().supabase_storage_url
         url = url or os.environ.get("SUPABASE_URL")
         if storage_url:
             parts = urlsplit(storage_url)
@@ -167,9 +193,17 @@ class SupabaseStorageBackend(StorageBackend):
                 return StorageAuthError(f"{where}: Supabase Storage refused the key ({detail}); set "
                                         "SUPABASE_SERVICE_ROLE_KEY to the project's service-role key (Project "
                                         "Settings → API keys) and SUPABASE_URL to the same project", status, code)
-            if status == 404 and (code in ("NoSuchBucket", "Bucket not found") or "bucket" in message.lower()):
+            if status == 404 and message.startswith("Route ") and message.endswith("not found"):
+                return PermanentStorageError(
+                    f"{where}: {detail}: no Storage API at this URL. SUPABASE_URL must be the project URL (the "
+                    "gateway serves storage under /storage/v1/); for a storage server without the gateway set "
+                    "TOWEROPS_SUPABASE_STORAGE_URL to its own base URL instead", status, "route_not_found")
+            if status == 404 and (code in ("NoSuchBucket", "Bucket not found") or message == "Bucket not found"):
                 return BucketNotFound(f"{where}: bucket {self.bucket!r} does not exist; create it (Storage → New "
                                       "bucket, private) or set supabase.storage_bucket", status, code)
+            if code == "InvalidKey":
+                return InvalidObjectKey(f"{where}: {detail}; Supabase Storage accepts only ASCII {KEY_CHARACTERS} "
+                                        "in object keys: rename the file", status, code)
             if status == 413 or code in ("EntityTooLarge", "Payload too large"):
                 return ObjectTooLarge(f"{where}: {detail}; raise the bucket's file size limit (and the project's "
                                       "global upload limit), or deploy through the S3 backend (multipart)",
@@ -205,8 +239,10 @@ class SupabaseStorageBackend(StorageBackend):
 
     def _upload(self, key: str, file: Any, size: int, sha256: str, content_type: str,
                 cache_control: str | None) -> None:
+        # storage3 sends the seconds as the form field `cacheControl`; the server stores `max-age=<seconds>`,
+        # the header value the S3 backend sends: one Cache-Control on both
         options = {"content-type": content_type, "upsert": "true",
-                   "cache-control": cache_control or "3600",
+                   "cache-control": str(max_age_of(cache_control)),
                    "metadata": {"sha256": sha256, "size": size}}
         self._call("upload", key, self.bucket_api.upload, key, file, options)
 
@@ -251,7 +287,8 @@ class SupabaseStorageBackend(StorageBackend):
             except ValueError:
                 user_meta = {}
         etag = info.get("etag") or info.get("eTag")
-        return ObjectStat(key, int(size), (user_meta or {}).get("sha256"), etag)
+        return ObjectStat(key, int(size), (user_meta or {}).get("sha256"), etag,
+                          cache_control=info.get("cache_control") or info.get("cacheControl"))
 
     def _list_page(self, prefix: str, offset: int) -> list[dict]:
         return self._call("list", prefix, self.bucket_api.list, prefix,
@@ -277,7 +314,8 @@ class SupabaseStorageBackend(StorageBackend):
             else:
                 meta = entry.get("metadata") or {}
                 etag = meta.get("eTag")
-                out.append(ObjectStat(key, int(meta.get("size") or 0), None, etag))
+                out.append(ObjectStat(key, int(meta.get("size") or 0), None, etag,
+                                      modified=_epoch(entry.get("updated_at") or meta.get("lastModified"))))
         return out
 
     def list_dirs(self, prefix: str) -> list[str]:

@@ -337,3 +337,64 @@ def test_decision_with_partial_rating() -> None:
     assert by_key[("u1", "i2")][0] == 1  # from rating 0.8
     assert by_key[("u4", "i1")] == (1, pytest.approx(0.3))  # decision wins over rating
     assert by_key[("u1", "i1")] == (1, 1.0)  # missing rating filled from decision
+
+
+# --------------------------------------------------------------------------- files that are not tables
+
+
+def _folder_with(tmp_path: Path, table: str, text: str) -> Path:
+    folder = write(tmp_path / "data", good_frames())
+    (folder / f"{table}.csv").write_text(text, encoding="utf-8")
+    return folder
+
+
+def _only_problem(folder: Path, table: str) -> Problem:
+    with pytest.raises(DataValidationError) as info:
+        load_folder(folder)
+    assert [p.table for p in info.value.problems] == [table], str(info.value)
+    problem = info.value.problems[0]
+    assert problem.source.endswith(f"{table}.csv") and problem.fix and problem.fix in str(info.value)
+    return problem
+
+
+def test_empty_interactions_file(tmp_path: Path) -> None:
+    problem = _only_problem(_folder_with(tmp_path, "interactions", ""), "interactions")
+    assert "the file is empty" in problem.message and "header row" in problem.fix
+
+
+def test_header_only_interactions_file(tmp_path: Path) -> None:
+    folder = _folder_with(tmp_path, "interactions", "user_id,item_id,decision,timestamp\n")
+    problem = _only_problem(folder, "interactions")
+    assert "no rows" in problem.message and "user_id, item_id, decision, timestamp" in problem.message
+    assert "under the header" in problem.fix
+
+
+def test_empty_items_file(tmp_path: Path) -> None:
+    problem = _only_problem(_folder_with(tmp_path, "items", ""), "items")
+    assert "the file is empty" in problem.message
+
+
+def test_header_only_items_file(tmp_path: Path) -> None:
+    header = ",".join(good_frames()["items"].columns)
+    problem = _only_problem(_folder_with(tmp_path, "items", header + "\n"), "items")  # was a numpy casting error
+    assert "items table has no rows" in problem.message and "price" in problem.message
+
+
+def test_semicolon_separated_file(tmp_path: Path) -> None:
+    folder = write(tmp_path / "data", good_frames())
+    good_frames()["interactions"].to_csv(folder / "interactions.csv", sep=";", index=False)
+    problem = _only_problem(folder, "interactions")   # one problem, not one per "missing" column
+    assert "separated by semicolons (';'), not commas" in problem.message
+    assert "sep=';'" in problem.fix
+
+
+def test_tab_separated_file(tmp_path: Path) -> None:
+    folder = write(tmp_path / "data", good_frames())
+    good_frames()["items"].to_csv(folder / "items.csv", sep="\t", index=False)
+    assert "separated by tabs" in _only_problem(folder, "items").message
+
+
+def test_single_column_users_file_is_not_mistaken_for_a_delimiter_problem(tmp_path: Path) -> None:
+    frames = good_frames()
+    frames["users"] = frames["users"][["user_id"]]
+    assert load_folder(write(tmp_path / "data", frames)).row_counts()["users"] == 4

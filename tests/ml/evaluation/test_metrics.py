@@ -17,7 +17,6 @@ from ml.evaluation.metrics import (
     parse_ks,
     parse_metrics,
     ranking_metrics,
-    top_k_from_scores,
 )
 
 L2 = math.log2
@@ -110,12 +109,6 @@ def test_auc_hand_computed_with_ties():
     assert auc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(3.5 / 4)
     assert auc(np.array([0.1, 0.9]), np.array([1, 0])) == pytest.approx(0.0)
     assert math.isnan(auc(np.array([0.3, 0.4]), np.array([1, 1])))
-
-
-def test_top_k_masks_non_finite_and_orders_best_first():
-    scores = np.array([[0.1, 0.9, -np.inf, 0.5], [-np.inf, -np.inf, 0.2, -np.inf]])
-    top = top_k_from_scores(scores, 3)
-    np.testing.assert_array_equal(top, [[1, 3, 0], [2, -1, -1]])
 
 
 def test_parse_metrics_and_ks_reject_bad_input():

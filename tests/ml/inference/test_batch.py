@@ -8,18 +8,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.ranking import assert_same_ranking
 
 from ml.inference.batch.parquet import current_version
 from ml.inference.batch.run import run_batch
 from ml.inference.engine import RealtimeInferenceEngine
 
 
-def _same_ranking(batch_items, batch_scores, rt: list[dict]) -> None:
-    """Identical lists, except that near-equal scores (BLAS sgemm vs sgemv rounding) may swap."""
-    assert len(batch_items) == len(rt)
-    np.testing.assert_allclose(batch_scores, [r["score"] for r in rt], atol=1e-5)
-    for item, score, r in zip(batch_items, batch_scores, rt):
-        assert item == r["item_id"] or abs(score - r["score"]) < 1e-5
+def _same_ranking(batch_items, batch_scores, rt: list[dict], bundle, user_id: str) -> None:
+    """Identical lists, except that near-equal scores (BLAS sgemm vs sgemv rounding) may swap;
+    each score is the dot product of the user's and the item's exported embeddings."""
+    user = np.asarray(bundle.user_embeddings[bundle.user_index[user_id]], dtype=np.float64)
+
+    def true_score(item: str) -> float:
+        return float(np.asarray(bundle.item_embeddings[bundle.item_index[item]], dtype=np.float64) @ user)
+
+    assert_same_ranking(batch_items, batch_scores, [r["item_id"] for r in rt], [r["score"] for r in rt], atol=2e-5,
+                        true_score=true_score)
 
 
 def test_batch_writes_every_user_and_matches_the_engine(tiny_model_dir, tmp_path) -> None:
@@ -32,7 +37,8 @@ def test_batch_writes_every_user_and_matches_the_engine(tiny_model_dir, tmp_path
     recs = pq.read_table(cur / "recommendations.parquet").to_pandas()
     assert recs.user_id.tolist() == b.user_ids
     for row in recs.sample(40, random_state=0).itertuples():
-        _same_ranking(list(row.items), list(row.scores), engine.get_recommendations(row.user_id, top_k=7))
+        _same_ranking(list(row.items), list(row.scores), engine.get_recommendations(row.user_id, top_k=7), b,
+                      row.user_id)
     users = pq.read_table(cur / "user_embeddings.parquet")
     items = pq.read_table(cur / "item_embeddings.parquet")
     assert users.num_rows == len(b.user_ids) and items.num_rows == len(b.item_ids)
@@ -79,9 +85,11 @@ def test_ann_batch_with_every_list_probed_equals_exact(tiny_model_dir, tmp_path)
     e = pq.read_table(exact.version_dir / "recommendations.parquet").to_pandas()
     a = pq.read_table(ann.version_dir / "recommendations.parquet").to_pandas()
     assert ann.scoring == "ann" and (e.user_id == a.user_id).all()
-    for (ei, es), (ai, as_) in zip(zip(e["items"], e.scores), zip(a["items"], a.scores)):
-        np.testing.assert_allclose(es, as_, atol=1e-5)
-        assert all(x == y or abs(s - t) < 1e-5 for x, y, s, t in zip(ei, ai, es, as_))
+    b = RealtimeInferenceEngine(bundle, scoring="exact").bundle
+    for user, (ei, es), (ai, as_) in zip(e.user_id, zip(e["items"], e.scores), zip(a["items"], a.scores)):
+        user_emb = np.asarray(b.user_embeddings[b.user_index[user]], dtype=np.float64)
+        assert_same_ranking(ai, as_, ei, es, atol=2e-5,
+                            true_score=lambda item: float(np.asarray(b.item_embeddings[b.item_index[item]]) @ user_emb))
 
 
 def test_faiss_and_numpy_backends_agree(tiny_model_dir) -> None:
@@ -92,8 +100,11 @@ def test_faiss_and_numpy_backends_agree(tiny_model_dir) -> None:
     n = list(score_users(engine, 8, 50, backend="numpy"))
     fr, nr = np.concatenate([c.item_rows for c in f]), np.concatenate([c.item_rows for c in n])
     fs, ns = np.concatenate([c.scores for c in f]), np.concatenate([c.scores for c in n])
-    np.testing.assert_allclose(fs, ns, atol=1e-5)
-    assert ((fr == nr) | (np.abs(fs - ns) < 1e-5)).all()
+    items, users = np.asarray(engine.bundle.item_embeddings, np.float64), np.asarray(engine.bundle.user_embeddings, np.float64)
+    user_rows = np.concatenate([c.user_rows for c in f])
+    assert (user_rows == np.concatenate([c.user_rows for c in n])).all() and (fr >= 0).all()
+    for k, u in enumerate(user_rows.tolist()):
+        assert_same_ranking(fr[k], fs[k], nr[k], ns[k], atol=2e-5, true_score=lambda i: float(items[i] @ users[u]))
     seen = {(u, i) for u in range(len(engine.bundle.user_ids)) for i in engine.bundle.history(u)[0].tolist()}
     assert not any((u, i) in seen for u, row in enumerate(fr.tolist()) for i in row)
     with pytest.raises(ValueError, match="backend='gpu' is not one of auto, faiss, numpy"):

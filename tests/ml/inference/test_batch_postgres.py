@@ -11,7 +11,7 @@ import numpy as np
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
-from support.helpers import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, mlflow_env, refused_port
 
 from ml.inference.batch.parquet import current_version
 from ml.inference.batch.postgres import PublishLockTimeout
@@ -88,7 +88,9 @@ def test_readers_see_the_old_or_the_new_version_never_a_mix(tiny_model_dir, pg_d
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        time.sleep(0.2)
+        deadline = time.time() + 60
+        while not seen and not errors and time.time() < deadline:  # the reader has read the old version once
+            time.sleep(0.01)
         second = run_batch(tiny_model_dir, out, top_k=5, dsn=pg_dsn)
     finally:
         done.set()
@@ -159,13 +161,8 @@ def test_views_held_too_long_fail_with_a_clear_error(tiny_model_dir, pg_dsn, tmp
 
 
 def test_unreachable_database_leaves_no_version(tiny_model_dir, tmp_path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "out"
-    with pytest.raises(ConnectionError, match="cannot connect to PostgreSQL for publishing"):
+    with refused_port() as port, pytest.raises(ConnectionError, match="cannot connect to PostgreSQL for publishing"):
         run_batch(tiny_model_dir, out, dsn=f"postgresql://postgres@127.0.0.1:{port}/nope")
     assert current_version(out) is None and list((out / "versions").iterdir()) == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.ranking import assert_same_ranking
 
 from ml.inference.engine import InferenceRequestError, RealtimeInferenceEngine, parse_top_k
 from ml.inference.scoring import top_k_indices
@@ -19,7 +20,7 @@ def test_numpy_towers_match_keras(tiny_model_dir) -> None:
     np.testing.assert_allclose(engine.user_tower(x), np.asarray(keras_user(x, training=False)), atol=1e-5)
     item_tower = NumpyTower.from_keras_file(tiny_model_dir / "keras" / "item_tower.keras")
     # the exported catalog embeddings came from Keras: the numpy pass reproduces them
-    np.testing.assert_allclose(item_tower(b.item_features), b.item_embeddings, atol=1e-5)
+    np.testing.assert_allclose(item_tower(b.item_inputs()), b.item_embeddings, atol=1e-5)
     assert isinstance(engine.user_tower, NumpyTower)
 
 
@@ -31,9 +32,21 @@ def test_cold_user_embedding_is_the_keras_user_tower_on_the_history(tiny_model_d
     feats = b.item_features
     agg = b.pipeline.history_aggregates(feats[liked].sum(0, keepdims=True), feats[noped].sum(0, keepdims=True),
                                         np.array([3]), np.array([1]))
-    x = np.concatenate([agg, engine._default_profile()[None, :]], axis=1).astype(np.float32)
+    # [content ; mean liked item-id vector ; mean noped item-id vector ; the OOV user row (a cold user)]
+    tables = b.id_tables
+    assert tables.dim > 0
+    x = np.concatenate([agg, engine._default_profile()[None, :], tables.item[liked].mean(0, keepdims=True),
+                        tables.item[noped].mean(0, keepdims=True), tables.user[-1:]], axis=1).astype(np.float32)
     np.testing.assert_allclose(emb, np.asarray(b.user_tower(x, training=False))[0], atol=1e-5)
     assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
+    # a known user sending new swipes keeps their own id vector (and their stored history)
+    seen, labels = b.history(0)
+    known = engine.embed_history(np.r_[seen[labels == 1], liked], np.r_[seen[labels == 0], noped], b.profiles[0],
+                                 user_row=0)
+    x0 = b.user_inputs(b.profiles[:1], np.zeros(len(seen) + 4, np.int64), np.r_[seen, liked, noped],
+                       np.r_[labels, [1, 1, 1, 0]], id_rows=np.array([0]))
+    np.testing.assert_allclose(x0[0, -tables.dim:], tables.user[0])
+    np.testing.assert_allclose(known, np.asarray(b.user_tower(x0, training=False))[0], atol=1e-5)
 
 
 def test_read_keras_tower_refuses_layers_it_cannot_run(tmp_path) -> None:
@@ -168,10 +181,13 @@ def test_engine_scores_in_the_reduced_basis_with_the_same_answers(tiny_model_dir
     monkeypatch.setenv("TOWEROPS_LOWRANK", "off")
     full = RealtimeInferenceEngine(bundle)
     assert full.reduction is None
-    for user in full.bundle.user_ids[:30]:
+    items = np.load(bundle / "embeddings" / "item_embeddings.npy").astype(np.float64)
+    for row, user in enumerate(full.bundle.user_ids[:30]):
         a, b = reduced.get_recommendations(user, top_k=8), full.get_recommendations(user, top_k=8)
-        np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=2e-5)
-        assert all(x["item_id"] == y["item_id"] or abs(x["score"] - y["score"]) < 2e-5 for x, y in zip(a, b))
+        u = np.asarray(full.bundle.user_embeddings[row], dtype=np.float64)
+        assert_same_ranking([r["item_id"] for r in a], [r["score"] for r in a], [r["item_id"] for r in b],
+                            [r["score"] for r in b], atol=2e-5,
+                            true_score=lambda item: float(items[full.bundle.item_index[item]] @ u))
     monkeypatch.setenv("TOWEROPS_LOWRANK", "maybe")
     with pytest.raises(ValueError, match="TOWEROPS_LOWRANK='maybe' must be auto, on or off"):
         RealtimeInferenceEngine(bundle)

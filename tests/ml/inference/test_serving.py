@@ -1,4 +1,5 @@
-"""`mlflow models serve` of the registered recommender (`towerops serve`, models:/two_tower@production).
+"""`towerops serve` of the registered recommender (models:/two_tower@production): the
+MLflow scoring protocol on waitress with strict request checks (ml/inference/serving.py).
 
 One real server for the module on a free loopback port: valid requests answer exactly
 what the in-process engine answers; each bad request gets a 4xx with a clear message and
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 import requests
-from support.helpers import REPO_ROOT, mlflow_env
+from support.helpers import REPO_ROOT, PortClash, is_port_clash, mlflow_env, start_on_free_port
 
 from ml.inference.engine import RealtimeInferenceEngine
 
@@ -38,12 +38,6 @@ version = max(int(v.version) for v in client.search_model_versions("name='two_to
 client.set_registered_model_alias("two_tower", "production", str(version))
 print(json.dumps({"model_uri": info.model_uri, "version": str(version)}))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -68,33 +62,45 @@ def server(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                          capture_output=True, text=True, timeout=300)
     assert reg.returncode == 0, reg.stderr[-3000:]
     version = json.loads(reg.stdout.strip().splitlines()[-1])["version"]
-    port = _free_port()
-    log = open(work / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model-uri",
-                             "models:/two_tower@production", "--port", str(port)],
-                            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    log_path = work / "serve.log"
+
+    def start(port: int) -> tuple[subprocess.Popen, str]:
+        """`towerops serve` on `port`, once /ping answers; PortClash if the port was taken meanwhile."""
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model-uri",
+                                     "models:/two_tower@production", "--port", str(port)],
+                                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 240
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(work / 'serve.log').read_text()[-3000:]}")
+                text = log_path.read_text(errors="replace")
+                if is_port_clash(text):
+                    raise PortClash(f"port {port} taken")
+                raise RuntimeError(f"server exited: {text[-3000:]}")
             try:
                 if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
+                    return proc, url
             except requests.RequestException:
                 pass
             if time.time() > deadline:
-                raise TimeoutError(f"no /ping after 240s: {(work / 'serve.log').read_text()[-3000:]}")
+                _stop(proc)
+                raise TimeoutError(f"no /ping after 240s: {log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.5)
+
+    proc, url = start_on_free_port(start)
+    try:
         yield Server(url, work, env, version, proc)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -145,20 +151,35 @@ BAD_REQUESTS = [
     ({"dataframe_records": [{"user_id": "u00001", "candidate_items": ["i00001", "zzz"]}]}, None,
      "candidate_items: 1 unknown item id(s): 'zzz'"),
     ({"dataframe_records": [{"liked_items": ["nope-1", "nope-2"]}]}, None, "liked_items: 2 unknown item id(s)"),
-    ({"dataframe_records": [{"user_id": "u00001", "top_k": "many"}]}, None, "Failed to convert column top_k"),
+    ({"dataframe_records": [{"user_id": "u00001", "top_k": "many"}]}, None, "a JSON number, not a string"),
+    ({"dataframe_records": [{"user_id": "u00001", "top_k": True}]}, None, "top_k=True must be a positive integer"),
+    ({"dataframe_records": [{"user_id": "u00001", "exclude_seen": "false"}]}, None, "must be true or false"),
+    ({"dataframe_records": [{"user_id": "u00001", "exclude_seen": "no"}]}, None, "must be true or false"),
+    (None, '{"dataframe_records": [{"user_id": "u00001", "top_k": Infinity}]}', "NaN and Infinity are not numbers"),
+    (None, '{"dataframe_records": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ({"dataframe_records": [{"user_id": "u00001", "top_k": 2.5}]}, None, "top_k=2.5 must be a positive integer"),
-    ({"dataframe_records": [{"exclude_seen": True}]}, None, "request needs a user_id column"),
+    ({"dataframe_records": [{"exclude_seen": True}]}, None, "request needs a user_id (or liked_items"),
     ({"dataframe_records": [{"user_id": "u00001"}], "params": {"output": "xml"}}, None,
      "params.output='xml' must be one of rows, lists"),
     (None, '{"dataframe_records": [{"user_id": ', "Ensure that input is a valid JSON formatted string"),
 ]
 
 
+def test_request_without_content_type_and_a_huge_id_get_a_short_4xx(server, engine) -> None:
+    body = json.dumps({"dataframe_records": [{"user_id": engine.bundle.user_ids[0]}]})
+    resp = requests.post(f"{server.url}/invocations", data=body, headers={"Content-Type": ""}, timeout=30)
+    assert resp.status_code == 415 and "Content-Type: application/json" in resp.json()["message"]
+    resp = server.post({"dataframe_records": [{"user_id": "x" * 100_000}]})
+    assert resp.status_code == 400 and len(resp.content) < 1200 and "Traceback" not in resp.text
+    ok = server.post({"dataframe_records": [{"user_id": engine.bundle.user_ids[0], "top_k": 1}]})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
 @pytest.mark.parametrize("payload, raw, message", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, engine, payload, raw, message) -> None:
     resp = server.post(payload, raw=raw)
-    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
-    assert message in resp.json()["message"]
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text[:500])
+    assert message in resp.json()["message"] and "Traceback" not in resp.text and ".py" not in resp.text
     ok = server.post({"dataframe_records": [{"user_id": engine.bundle.user_ids[0], "top_k": 1}]})
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
 

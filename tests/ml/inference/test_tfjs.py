@@ -46,7 +46,7 @@ def test_exported_towers_compute_the_keras_embeddings(tiny_model_dir, tmp_path) 
     paths = export_tfjs(tiny_model_dir, tmp_path / "tfjs", shard_bytes=4096)  # many small shards
     manifest = json.loads(paths["item_tower"].read_text())["weightsManifest"][0]
     assert len(manifest["paths"]) > 3 and manifest["paths"][0].endswith(f"of{len(manifest['paths'])}.bin")
-    x_items = b.item_features[:50]
+    x_items = b.item_inputs()[:50]  # [content ; item-id vectors], see ml.model.inputs
     np.testing.assert_allclose(run_layers_model(paths["item_tower"], x_items), b.item_embeddings[:50], atol=1e-5)
     rng = np.random.default_rng(0)
     x_users = rng.standard_normal((20, b.user_tower.input_shape[-1])).astype(np.float32)

@@ -35,7 +35,7 @@ def test_node_tfjs_embeddings_match_python(tiny_model_dir, tmp_path, shard_bytes
     b = load_bundle(tiny_model_dir)
     rng = np.random.default_rng(5)
     x_user = rng.standard_normal((16, b.user_tower.input_shape[-1])).astype(np.float32)
-    x_item = b.item_features[:16]
+    x_item = b.item_inputs()[:16]  # [content ; item-id vectors]
     (tmp_path / "inputs.json").write_text(json.dumps({"user_tower": x_user.tolist(), "item_tower": x_item.tolist()}))
     proc = subprocess.run([node, str(NODE_DIR / "embed.mjs"), str(paths["user_tower"].parent.parent),
                            str(tmp_path / "inputs.json")], capture_output=True, text=True, timeout=300)

@@ -88,7 +88,7 @@ def test_two_tower_beats_popularity_on_ndcg_at_10(tmp_path):
     ev = evaluate_bundle(tmp_path / "model", synth.dataset, ks="10", metrics="ndcg,recall,auc", synthetic=synth)
     m = ev.metrics
     assert m["ndcg_at_10"] >= MARGIN * m["popular.ndcg_at_10"], m
-    assert m["lift.ndcg_at_10"] == pytest.approx(m["ndcg_at_10"] / m["popular.ndcg_at_10"])
+    assert m["lift_over_popular.ndcg_at_10"] == pytest.approx(m["ndcg_at_10"] / m["popular.ndcg_at_10"])
     assert m["ndcg_at_10"] >= 4 * m["random.ndcg_at_10"]
     assert m["ndcg_at_10"] < m["oracle.ndcg_at_10"]  # the generator's truth stays the ceiling
     assert 0 < m["oracle_ratio.ndcg_at_10"] < 1
@@ -96,23 +96,24 @@ def test_two_tower_beats_popularity_on_ndcg_at_10(tmp_path):
 
 
 def test_evaluation_protocol_uses_train_history_only(tiny_synth, tiny_model_dir):
-    """Held-out = each user's latest 20%; train-seen items never appear in a user's top K."""
+    """Held-out = each user's latest 10% (the test part); history = train + validation before it;
+    history items never appear in a user's top K."""
     from ml.data.split import time_split_per_user
     from ml.evaluation.evaluate import evaluate_bundle
 
     ev = evaluate_bundle(tiny_model_dir, tiny_synth.dataset, ks="5,20", metrics="ndcg,coverage", synthetic=tiny_synth)
     split = ev.split
     inter = tiny_synth.dataset.interactions
-    ts = time_split_per_user(inter, 0.2)
-    assert split.counts["heldout_interactions"] == int(ts.valid.sum())
+    ts = time_split_per_user(inter, 0.2, 0.1)     # the bundle's training.validation_split / test_split
+    assert split.part == "test" and split.counts["heldout_interactions"] == int(ts.test.sum())
     top = ev.systems["model"].top
     for u in range(0, len(split.user_ids), 17):
         seen = set(split.seen_items[split.seen_indptr[u]:split.seen_indptr[u + 1]])
         assert not seen & set(top[u].tolist())
         uid = split.user_ids[u]
-        train_items = set(inter.loc[ts.train & (inter["user_id"] == uid), "item_id"])
-        assert {split.item_ids[i] for i in seen} == train_items
-    assert set(ev.summaries) == {"model", "popular", "random", "oracle"}
+        history_items = set(inter.loc[(ts.train | ts.valid) & (inter["user_id"] == uid), "item_id"])
+        assert {split.item_ids[i] for i in seen} == history_items
+    assert set(ev.summaries) == {"model", "popular", "random", "als", "ease", "oracle"}
     assert {"all", "warm"} <= set(ev.summaries["model"])
     assert 0 < ev.metrics["coverage_at_20"] <= 1
     assert ev.metrics["eval.users_ranked"] == split.counts["users_ranked"] > 0
@@ -126,10 +127,10 @@ def test_evaluate_run_logs_metrics_baselines_oracle_and_artifacts(tracking, data
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     for key in ("ndcg_at_10", "recall_at_50", "precision_at_10", "map_at_10", "hit_rate_at_10", "mrr_at_10", "auc",
-                "coverage_at_10", "novelty_at_10", "popular.ndcg_at_10", "random.ndcg_at_10", "lift.ndcg_at_10",
+                "coverage_at_10", "novelty_at_10", "popular.ndcg_at_10", "random.ndcg_at_10", "lift_over_popular.ndcg_at_10",
                 "oracle.ndcg_at_10", "oracle_ratio.ndcg_at_10", "warm.ndcg_at_10", "eval.users_ranked"):
         assert key in m, key
-    assert m["lift.ndcg_at_10"] == pytest.approx(m["ndcg_at_10"] / m["popular.ndcg_at_10"])
+    assert m["lift_over_popular.ndcg_at_10"] == pytest.approx(m["ndcg_at_10"] / m["popular.ndcg_at_10"])
     assert m["oracle_ratio.ndcg_at_10"] == pytest.approx(m["ndcg_at_10"] / m["oracle.ndcg_at_10"])
     assert run.data.params["eval.ks"] == "10,50" and run.data.tags["towerops.step"] == "evaluate"
     listed = {f.path for f in tracking.list_artifacts(result.run_id, "evaluation")}
@@ -215,7 +216,7 @@ def test_cli_evaluate_success_and_user_errors(tracking, data_dir, tiny_model_dir
     res = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data", str(data_dir), "--ks", "10",
                               "--metrics", "ndcg,recall", "--json-out", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
-    assert "ndcg_at_10" in res.output and "lift.ndcg_at_10" in res.output
+    assert "ndcg_at_10" in res.output and "lift_over_popular.ndcg_at_10" in res.output
     assert "ndcg_at_10" in json.loads((tmp_path / "m.json").read_text())
 
     res = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "missing"), "--data", str(data_dir)])

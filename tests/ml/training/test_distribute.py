@@ -4,13 +4,13 @@ message naming it, before any MLflow run; workers find each other over loopback.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from support.helpers import free_port
+from support.helpers import PortClash, candidate_port, refused_port, start_on_free_port
 from typer.testing import CliRunner
 
 from ml.config import load_config
@@ -83,14 +83,25 @@ def test_chief_is_the_chief_task_or_worker_zero(monkeypatch: pytest.MonkeyPatch)
     assert spec.num_workers == 2 and spec.address == "127.0.0.1:2223" and [p[2] for p in spec.peers] == workers[:1]
 
 
+def _wait_on_free_own_port(workers_but_own: list[str], timeout_s: float) -> tuple[int, DistributionError]:
+    """wait_for_cluster as worker 0 on a fresh own port (retried if another process took it first)."""
+    def attempt(own: int) -> tuple[int, DistributionError]:
+        try:
+            wait_for_cluster(parse_tf_config(_tf_config([f"127.0.0.1:{own}", *workers_but_own], 0)), timeout_s=timeout_s)
+        except DistributionError as exc:
+            if "cannot be opened here" in str(exc):
+                raise PortClash(str(exc)) from None
+            return own, exc
+        raise AssertionError("wait_for_cluster returned although a worker never answered")
+
+    return start_on_free_port(attempt)
+
+
 def test_missing_worker_is_named_within_the_wait() -> None:
-    own, missing = free_port(), free_port()
-    spec = parse_tf_config(_tf_config([f"127.0.0.1:{own}", f"127.0.0.1:{missing}"], 0))
-    t0 = time.monotonic()
-    with pytest.raises(DistributionError, match=rf"names worker 1 at 127.0.0.1:{missing}, but nothing answered there "
-                                                r"within 1s: start that worker"):
-        wait_for_cluster(spec, timeout_s=1.0)
-    assert time.monotonic() - t0 < 10
+    with refused_port() as missing:  # bound, not listening: nothing answers there, nobody else can take it
+        _, exc = _wait_on_free_own_port([f"127.0.0.1:{missing}"], timeout_s=1.0)
+    assert re.search(rf"names worker 1 at 127.0.0.1:{missing}, but nothing answered there within 1s: start that worker",
+                     str(exc)), exc
 
 
 def test_own_port_taken_is_reported() -> None:
@@ -98,28 +109,33 @@ def test_own_port_taken_is_reported() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        spec = parse_tf_config(_tf_config([f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"], 0))
+        spec = parse_tf_config(_tf_config([f"127.0.0.1:{port}", "127.0.0.1:1"], 0))  # never reached: own port first
         with pytest.raises(DistributionError, match=rf"worker 0 at 127.0.0.1:{port}.*port {port} cannot be opened here"):
             wait_for_cluster(spec, timeout_s=1.0)
 
 
 def test_workers_started_together_find_each_other() -> None:
     """Each waiting worker listens on its own port, so two that start at once both proceed."""
-    addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    errors: list[BaseException] = []
+    def together(addresses: list[str]) -> list[str]:
+        errors: list[BaseException] = []
 
-    def worker(index: int) -> None:
-        try:
-            wait_for_cluster(parse_tf_config(_tf_config(addresses, index)), timeout_s=20.0)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        def worker(index: int) -> None:
+            try:
+                wait_for_cluster(parse_tf_config(_tf_config(addresses, index)), timeout_s=20.0)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors and not any(t.is_alive() for t in threads)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        if any("cannot be opened here" in str(e) for e in errors):
+            raise PortClash(str(errors))  # another process took a candidate port first: fresh ports
+        assert not errors and not any(t.is_alive() for t in threads)
+        return addresses
+
+    addresses = start_on_free_port(lambda port: together([f"127.0.0.1:{port}", f"127.0.0.1:{candidate_port()}"]))
     for address in addresses:  # the ports are free again for TensorFlow
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -160,14 +176,26 @@ def test_train_command_fails_before_any_run(tmp_path: Path, tiny_data: Path, mon
                                             tf_config: str, strategy: str, message: str) -> None:
     from pipelines.cli import app
 
-    if tf_config == "MISSING":
-        tf_config = _tf_config([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], 0)
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setenv("TF_CONFIG", tf_config)
     monkeypatch.setenv("TOWEROPS_CLUSTER_WAIT_S", "1")
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
-                                      "--set", f"training.distribute_strategy={strategy}"])
+
+    def train(config: str):
+        monkeypatch.setenv("TF_CONFIG", config)
+        return CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--model-dir", str(tmp_path / "m"),
+                                        "--set", f"training.distribute_strategy={strategy}"])
+
+    if tf_config == "MISSING":  # worker 1 never answers: its port is held bound, not listening
+        def on_own_port(own: int):
+            result = train(_tf_config([f"127.0.0.1:{own}", f"127.0.0.1:{missing}"], 0))
+            if "cannot be opened here" in result.output:
+                raise PortClash(result.output)
+            return result
+
+        with refused_port() as missing:
+            result = start_on_free_port(on_own_port)
+    else:
+        result = train(tf_config)
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in " ".join(result.output.split())
     assert _runs(db) == [] and not (tmp_path / "m").exists()

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
-from support.helpers import REPO_ROOT, free_port, mlflow_env
+from support.helpers import REPO_ROOT, candidate_port, is_port_clash, mlflow_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,8 +41,7 @@ def _ndcg_at_10(config_path: Path, data_dir: Path, bundle_dir: Path) -> float:
     trainer.prepare(load_dataset(str(data_dir)))
     bundle = load_bundle(bundle_dir)
     np.testing.assert_allclose(bundle.item_features, trainer.prepared.item_vectors, atol=1e-6)  # same features
-    towers = types.SimpleNamespace(user_tower=bundle.user_tower, item_tower=bundle.load_item_tower())
-    return ValidationRanking(trainer, "val_ndcg_at_10", 10)(towers)
+    return ValidationRanking(trainer, "val_ndcg_at_10", 10)(bundle.towers())  # towers + the bundle's ID tables
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
@@ -52,23 +51,8 @@ def _kill(procs: list[subprocess.Popen]) -> None:
             proc.wait(30)
 
 
-def _last_epoch(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if re.search(r"INFO epoch \d+/\d+", line)]
-    assert lines, stderr[-3000:]
-    return lines[-1].split(")", 1)[1].strip()  # metrics after "epoch 2/2 (1.3s)"
-
-
-def test_two_workers_match_one_process_and_only_the_chief_logs(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    from ml.data.synthetic import generate_synthetic, write_synthetic
-
-    data = tmp_path / "data"
-    write_synthetic(generate_synthetic(n_users=120, n_items=80, n_interactions=1500, seed=3), data)
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(CONFIG))
-
-    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+def _run_cluster(tmp_path: Path, data: Path, config: Path, cluster: list[str]) -> tuple[list[subprocess.Popen], list[str]]:
+    """Both workers of `cluster` as subprocesses, to the end; their exit codes and output."""
     procs: list[subprocess.Popen] = []
     try:
         for index in range(2):
@@ -88,6 +72,34 @@ def test_two_workers_match_one_process_and_only_the_chief_logs(tmp_path: Path) -
     finally:
         _kill(procs)
     outputs = [(tmp_path / f"worker{i}.log").read_text(errors="replace") for i in range(2)]
+    return procs, outputs
+
+
+def _last_epoch(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if re.search(r"INFO epoch \d+/\d+", line)]
+    assert lines, stderr[-3000:]
+    return lines[-1].split(")", 1)[1].strip()  # metrics after "epoch 2/2 (1.3s)"
+
+
+def test_two_workers_match_one_process_and_only_the_chief_logs(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from ml.data.synthetic import generate_synthetic, write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(generate_synthetic(n_users=120, n_items=80, n_interactions=1500, seed=3), data)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+
+    for _attempt in range(3):  # a cluster port taken by another process before a worker bound it: fresh ports
+        procs, outputs = _run_cluster(tmp_path, data, config, [f"127.0.0.1:{candidate_port()}" for _ in range(2)])
+        clash = any(p.returncode != 0 and (is_port_clash(o) or "cannot be opened here" in o)
+                    for p, o in zip(procs, outputs))
+        if not clash:
+            break
+        for leftover in ("mlflow.db", "model0", "model1"):
+            shutil.rmtree(tmp_path / leftover, ignore_errors=True)
+            (tmp_path / leftover).unlink(missing_ok=True)
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output[-4000:]
     chief_err, worker_err = outputs

@@ -47,13 +47,42 @@ def test_bundle_holds_every_part(tiny_model_dir) -> None:
     assert meta["embedding_dim"] == 32 and meta["n_items"] == 200 and len(meta["data_fingerprint"]["hash"]) == 64
     history = json.loads((tiny_model_dir / "history.json").read_text())
     assert {"loss", "val_loss", "auc", "val_auc"} <= set(history)
+    health = {"health_dead_unit_share", "health_item_effective_rank", "health_user_effective_rank",
+              "health_item_mean_cosine", "health_user_mean_cosine"}
+    assert health <= set(history) and all(len(history[k]) == len(history["loss"]) for k in health)  # every epoch
+    assert health <= set(meta["final_metrics"]) and health <= set(meta["health"])
+    assert 0 <= meta["health"]["health_dead_unit_share"] <= 1 and meta["health"]["health_item_effective_rank"] > 1
+    bundle = load_bundle(tiny_model_dir)
+    assert bundle.id_tables.dim == meta["id_embedding_dim"] == 64
+    assert bundle.id_tables.item.shape == (201, 64) and bundle.id_tables.user.shape == (301, 64)
+
+
+def test_cold_item_and_user_fall_back_to_the_oov_row(tiny_synth, tiny_config, tmp_path) -> None:
+    """An item and a user with no training interaction get the learned OOV row in the bundle;
+    the item's embedding is the item tower on [its content ; OOV row]."""
+    ds = tiny_synth.dataset
+    items = pd.concat([ds.items, ds.items.iloc[[0]].assign(item_id="i_new")], ignore_index=True)
+    users = pd.concat([ds.users, ds.users.iloc[[0]].assign(user_id="u_new")], ignore_index=True)
+    config = {**tiny_config, "training": {**tiny_config["training"], "epochs": 1}}
+    create_standard_trainer(model_dir=tmp_path / "m", config=config).train(
+        user_features=users, item_features=items, interactions=ds.interactions.drop(columns=["label"]))
+    b = load_bundle(tmp_path / "m")
+    new_item, new_user = b.item_index["i_new"], b.user_index["u_new"]
+    oov_item, oov_user = b.id_tables.item[-1], b.id_tables.user[-1]
+    np.testing.assert_array_equal(b.id_tables.item[new_item], oov_item)
+    np.testing.assert_array_equal(b.id_tables.user[new_user], oov_user)
+    assert not np.array_equal(b.id_tables.item[0], oov_item)            # a known item keeps its own row
+    x = np.concatenate([b.item_features[new_item], oov_item])[None, :]
+    np.testing.assert_allclose(b.item_embeddings[new_item], np.asarray(b.load_item_tower()(x))[0], atol=1e-5)
+    # same title/tags as item 0 but the OOV id: the content path alone does not make it item 0
+    assert not np.allclose(b.item_embeddings[new_item], b.item_embeddings[0], atol=1e-3)
 
 
 def test_saved_model_tower_matches_keras_tower(tiny_model_dir) -> None:
     import tensorflow as tf
 
     bundle = load_bundle(tiny_model_dir)
-    x = bundle.item_features[:7]
+    x = bundle.item_inputs()[:7]  # [content features ; item-id vectors]: what the item tower reads
     keras_out = np.asarray(bundle.load_item_tower()(x, training=False))
     sm = tf.saved_model.load(str(tiny_model_dir / "saved_model" / "item_tower"))
     sm_out = np.asarray(sm.serve(tf.constant(x)))
@@ -103,6 +132,7 @@ def test_standard_engine_and_missing_bundle(tiny_model_dir, tmp_path) -> None:
         RealtimeInferenceEngine(tmp_path)
 
 
+@pytest.mark.slow
 def test_seed_api_with_dataframes(tiny_synth, tiny_config, tmp_path) -> None:
     ds = tiny_synth.dataset
     config = {**tiny_config, "training": {**tiny_config["training"], "epochs": 1}}

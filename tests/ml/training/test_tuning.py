@@ -92,7 +92,7 @@ def test_shipped_tuning_file_is_valid_for_the_shipped_config() -> None:
     ({"pruner__type": "hyperband"}, r"pruner.type='hyperband' is unknown"),
     ({"n_trials": 0}, r"n_trials=0 must be >= 1"),
     ({"timeout_s": -5}, r"timeout_s=-5.0 must be > 0"),
-    ({"epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
+    ({"epochs": 3}, r"unknown key epochs: did you mean 'trial_epochs'\? allowed keys: enqueue_trials"),
     ({"enqueue_trials": [{"learning_rate": 0.5}]}, r"learning_rate=0.5 is outside search_space.learning_rate"),
 ])
 def test_bad_tuning_settings_are_named(changes: dict, message: str) -> None:
@@ -220,7 +220,7 @@ def test_study_prunes_the_bad_trial_nests_runs_and_writes_best_config(tmp_path: 
     for name, value in result.best_params.items():
         assert parent.data.params[f"best.{name}"] == (json.dumps(value) if isinstance(value, list) else str(value))
     written = json.loads(out.read_text())
-    assert set(written) == {"model", "training", "features"}
+    assert set(written) == {"model", "training", "features", "data"}
     loaded = load_config(out)
     assert loaded.to_dict() == apply_params(config_from_dict(BASE), result.best_params).to_dict()
     assert loaded.training.epochs == BASE["training"]["epochs"]

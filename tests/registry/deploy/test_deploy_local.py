@@ -182,8 +182,8 @@ def test_bad_bundles_name_what_is_missing(tmp_path) -> None:
     ({"versioning": {"strategy": "date"}}, "strategy='date' is not supported"),
     ({"supabase": {"storage_bucket": "Bad Bucket"}}, "storage_bucket='Bad Bucket' is not a valid bucket name"),
     ({"supabase": {"model_table": "x; drop table y"}}, "model_table='x; drop table y' is not a table name"),
-    ({"supabase": {"bucket": "x"}}, "unknown keys \\['bucket'\\] in 'supabase'"),
-    ({"deploy": {}}, "unknown sections \\['deploy'\\]"),
+    ({"supabase": {"bucket": "x"}}, "unknown key supabase.bucket: did you mean 'supabase.storage_bucket'"),
+    ({"deploy": {}}, "unknown config section 'deploy': remove it; allowed sections: storage, supabase, versioning"),
     ({"storage": {"backend": "ftp"}}, None),
     ({"storage": {"verify": "sometimes"}}, "storage.verify='sometimes'"),
     ({"storage": {"retry": {"attempts": 0}}}, "attempts=0 must be at least 1"),
@@ -216,7 +216,7 @@ def test_config_file_defaults_and_seed_format(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("TOWEROPS_DEPLOY_CONFIG", raising=False)
     assert load_deploy_config().max_versions == 10
     monkeypatch.setenv("TOWEROPS_DEPLOY_CONFIG", str(tmp_path / "missing.yaml"))
-    with pytest.raises(FileNotFoundError, match="missing.yaml does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml \(\$TOWEROPS_DEPLOY_CONFIG\) does not exist"):
         load_deploy_config()
 
 

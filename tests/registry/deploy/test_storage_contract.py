@@ -6,35 +6,12 @@ deploy, no-op re-sync, rollback without upload, retention."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-from support.deploy import DEPLOYED, fast_config, make_bundle
-from support.helpers import free_port
-from support.storage_server import StorageServer
+from support.deploy import DEPLOYED, fast_config, make_bundle, open_backend_for
 
 pytestmark = pytest.mark.integration
-
-BACKENDS = ["local", "s3", "supabase"]
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def storage_server(tmp_path_factory):
-    server = StorageServer(tmp_path_factory.mktemp("supabase-storage") / "root").start()
-    yield server
-    server.kill()
 
 
 class Counting:
@@ -62,33 +39,7 @@ class Counting:
 
 
 def _make_backend(kind: str, tmp_path: Path, request) -> object:
-    bucket = f"t-{uuid.uuid4().hex[:10]}"
-    if kind == "local":
-        from registry.deploy.storage.local import LocalFolderBackend
-
-        return LocalFolderBackend(tmp_path / "store", bucket)
-    if kind == "s3":
-        import boto3
-
-        from registry.deploy.storage.s3 import S3Backend
-
-        url = request.getfixturevalue("moto_url")
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-        return S3Backend(bucket, endpoint_url=url, region="us-east-1", access_key="testing", secret_key="testing",
-                         multipart_threshold_mb=0.01, multipart_chunk_mb=5)
-    from registry.deploy.storage.supabase import SupabaseStorageBackend
-
-    server = request.getfixturevalue("storage_server")
-    server.create_bucket(bucket)
-    return SupabaseStorageBackend(bucket, url=server.url, key=server.service_key)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    b = _make_backend(request.param, tmp_path, request)
-    yield b
-    b.close()
+    return open_backend_for(kind, tmp_path, request)
 
 
 def _file(tmp_path: Path, name: str, data: bytes):

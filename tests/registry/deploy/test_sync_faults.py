@@ -54,8 +54,9 @@ def _snapshot(server, bucket) -> dict[str, str]:
 @pytest.fixture
 def deploy_log():
     """Returns the deployment.log text written since the test started."""
-    from ml.logs import get_logger
+    from ml.logs import configure_logging, get_logger
 
+    configure_logging()  # what the CLI does when it starts: logs/deployment.log under $TOWEROPS_LOG_DIR
     handlers = [h for h in get_logger("deployment").handlers if hasattr(h, "baseFilename")]
     assert handlers, "deployment.log handler missing"
     path = Path(handlers[0].baseFilename)

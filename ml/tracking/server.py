@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ml.logs import get_logger
+from ml.settings import get_settings, secret_value
 
 log = get_logger("deployment")
 
@@ -329,8 +330,9 @@ def webhook_encryption_key(state_dir: Path, env: Mapping[str, str] | None = None
     Without a fixed key each server process invents its own and stored webhooks become unreadable.
     """
     env = os.environ if env is None else env
-    if env.get(WEBHOOK_KEY_ENV):
-        return env[WEBHOOK_KEY_ENV]
+    key = secret_value(get_settings(env).webhook_encryption_key)  # $TOWEROPS_WEBHOOK_ENCRYPTION_KEY
+    if key:
+        return key
     from cryptography.fernet import Fernet
 
     return _persistent_secret(Path(state_dir) / WEBHOOK_KEY_FILE, lambda: Fernet.generate_key().decode())
@@ -394,8 +396,11 @@ class LaunchPlan:
 
 
 def resolve_dsn(dsn: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    from ml.secrets import resolve_secret_ref
+
     env = os.environ if env is None else env
-    return dsn or next((env[v] for v in DSN_ENV_VARS if env.get(v)), None)
+    chosen = dsn or secret_value(get_settings(env).tracking_dsn) or env.get("MLFLOW_BACKEND_STORE_URI") or None
+    return resolve_secret_ref(chosen, "backend store DSN")
 
 
 def server_argv(target: PgTarget, settings: ServerSettings, artifacts: str) -> list[str]:
@@ -454,7 +459,9 @@ def prepare(settings: ServerSettings, migrate: bool = True) -> LaunchPlan:
                              f"this MLflow needs {head}: run `towerops server migrate` (take a backup first)")
         migration = MigrationResult(before=current, after=head, created=False)
     if settings.auth:
-        auth_target = parse_dsn(settings.auth_dsn or os.environ.get(AUTH_DSN_ENV)
+        from ml.secrets import resolve_secret_ref
+
+        auth_target = parse_dsn(resolve_secret_ref(settings.auth_dsn or secret_value(get_settings().auth_dsn), "--auth-dsn")
                                 or target.with_database(f"{target.database}_auth").uri)
         ensure_database(auth_target)
         migrate_auth_db(auth_target)

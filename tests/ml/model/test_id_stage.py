@@ -1,0 +1,123 @@
+"""The ID stage: OOV fallback for cold items and users, history pooling, numpy == graph, save/reload."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from ml.model.inputs import IdTables, item_tower_inputs, pooled_history
+from ml.model.towers import IdStage, build_tower
+from ml.model.two_tower import TwoTowerModel
+
+# 2 known items + OOV, 2 known users + OOV, 2-d id vectors
+ITEM_TABLE = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], "float32")
+USER_TABLE = np.array([[2.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], "float32")
+
+
+def _stage() -> IdStage:
+    stage = IdStage(n_items=2, n_users=2, dim=2)
+    stage.item_table.assign(ITEM_TABLE)
+    stage.user_table.assign(USER_TABLE)
+    return stage
+
+
+def test_cold_item_and_cold_user_use_the_oov_row() -> None:
+    stage = _stage()
+    np.testing.assert_array_equal(np.asarray(stage.item_vectors(np.array([1, -1]))), [[0, 1], [5, 5]])
+    # user -1 (cold) with no history: zero pools, OOV user row
+    out = np.asarray(stage.user_vectors(np.array([0, -1]), np.array([[0, 1], [-1, -1]]), np.full((2, 2), -1)))
+    np.testing.assert_array_equal(out, [[0.5, 0.5, 0, 0, 2, 0],      # mean of items 0, 1; no nopes; user 0
+                                        [0, 0, 0, 0, -1, -1]])      # cold: nothing pooled, OOV row
+
+
+def test_id_dropout_only_while_training() -> None:
+    stage = IdStage(n_items=2, n_users=2, dim=2, id_dropout=0.999, seed=1)
+    stage.item_table.assign(ITEM_TABLE)
+    ids = np.zeros(64, "int32")
+    assert (np.asarray(stage.item_vectors(ids, training=False)) == ITEM_TABLE[0]).all()
+    dropped = np.asarray(stage.item_vectors(ids, training=True))
+    assert (dropped == ITEM_TABLE[2]).all(axis=1).mean() > 0.9   # sent to the OOV row
+
+
+def test_exported_tables_put_the_oov_row_on_cold_rows() -> None:
+    tables = IdTables(ITEM_TABLE, USER_TABLE).with_cold_rows_as_oov(np.array([True, False]), np.array([False, True]))
+    np.testing.assert_array_equal(tables.item, [[1, 0], [5, 5], [5, 5]])
+    np.testing.assert_array_equal(tables.user, [[-1, -1], [0, 2], [-1, -1]])
+    # content path still there: [content ; id vector], unknown item id -1 -> OOV row
+    x = item_tower_inputs(np.array([[7.0], [8.0], [9.0]], "float32"), tables, np.array([0, 1, -1]))
+    np.testing.assert_array_equal(x, [[7, 1, 0], [8, 5, 5], [9, 5, 5]])
+
+
+def test_pooled_history_is_the_masked_mean() -> None:
+    pooled = pooled_history(ITEM_TABLE, np.array([0, 0, 2]), np.array([0, 1, 1]), n_users=3)
+    np.testing.assert_array_equal(pooled, [[0.5, 0.5], [0, 0], [0, 1]])
+
+
+def _hybrid(seed: int = 0) -> TwoTowerModel:
+    keras.utils.set_random_seed(seed)
+    d = 2
+    user = build_tower(3 + 3 * d, [4], 2, 0.0, 0.0, "user_tower")
+    item = build_tower(3 + d, [4], 2, 0.0, 0.0, "item_tower")
+    return TwoTowerModel(user, item, temperature=0.5, id_stage=IdStage(n_items=2, n_users=2, dim=d, seed=seed))
+
+
+def _inputs() -> dict:
+    rng = np.random.default_rng(0)
+    return {"user_features": rng.normal(size=(3, 3)).astype("float32"),
+            "item_features": rng.normal(size=(3, 3)).astype("float32"),
+            "user_id": np.array([0, 1, -1]), "item_id": np.array([1, -1, 0]),
+            "liked_ids": np.array([[0, -1], [0, 1], [-1, -1]]), "noped_ids": np.array([[1, -1], [-1, -1], [-1, -1]])}
+
+
+def test_cold_item_still_depends_on_content() -> None:
+    model = _hybrid()
+    x = _inputs()
+    _, items = model(x)
+    x2 = {**x, "item_features": x["item_features"] + np.array([[0, 0, 0], [3, -2, 1], [0, 0, 0]], "float32")}
+    _, items2 = model(x2)
+    assert np.abs(np.asarray(items)[1] - np.asarray(items2)[1]).max() > 1e-3   # OOV id, other content
+    np.testing.assert_allclose(np.asarray(items)[0], np.asarray(items2)[0], atol=1e-6)
+
+
+def test_numpy_inputs_equal_the_graph() -> None:
+    from ml.model.inputs import user_tower_inputs
+
+    model = _hybrid()
+    x = _inputs()
+    user_x, item_x = (np.asarray(t) for t in model.tower_inputs(x))
+    tables = model.id_tables()
+
+    class _Content:  # the pipeline's content part is the given features themselves here
+        @staticmethod
+        def user_matrix(profiles, item_features, user_rows, item_rows, labels, n_users):
+            return profiles
+
+    hist_u = np.array([0, 0, 1, 1])
+    hist_i = np.array([0, 1, 0, 1])
+    hist_y = np.array([1, 0, 1, 1])
+    np_user = user_tower_inputs(_Content(), np.zeros((2, 1)), tables, x["user_features"], hist_u, hist_i, hist_y,
+                                id_rows=x["user_id"])
+    np.testing.assert_allclose(np_user, user_x, atol=1e-6)
+    np.testing.assert_allclose(item_tower_inputs(x["item_features"], tables, x["item_id"]), item_x, atol=1e-6)
+
+
+def test_hybrid_save_and_reload_give_identical_outputs(tmp_path) -> None:
+    model = _hybrid()
+    x = _inputs()
+    before = model(x)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    after = again(x)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(again.id_tables().item, model.id_tables().item)
+
+
+def test_missing_id_inputs_are_named() -> None:
+    x = _inputs()
+    del x["liked_ids"]
+    with pytest.raises(ValueError, match=r"the model has an ID stage but the inputs lack \['liked_ids'\]"):
+        _hybrid()(x)
+    with pytest.raises(ValueError, match="n_items=0 must be >= 1"):
+        IdStage(n_items=0, n_users=2, dim=2)
