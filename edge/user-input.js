@@ -15,12 +15,16 @@
 //           {kind: "constant", array}                       a fixed vector (the default profile of a
 //                                                           user the model does not know, the OOV
 //                                                           user-id row)
+//           {kind: "standardize", mean, scale}              no columns of its own: every column built
+//                                                           so far becomes (x - mean) / scale
+//                                                           (recipe v2; features.standardize)
 
 export const EDGE_FORMAT = 1;
-export const RECIPES = ['towerops.user_input.v1'];
+export const RECIPES = ['towerops.user_input.v1', 'towerops.user_input.v2'];
 
 function widthOf(block, arrays) {
   if (block.kind === 'history') return 3;
+  if (block.kind === 'standardize') return 0;
   const a = arrays[block.array];
   if (!a) throw new Error(`edge.json layout names array ${JSON.stringify(block.array)}, which edge.json does not list`);
   return block.kind === 'constant' ? a.data.length : a.shape[1];
@@ -61,6 +65,13 @@ export function buildUserInput(swipes, prep) {
       out[at + 2] = (nl + 1) / (nl + nn + 2);
     } else if (block.kind === 'constant') {
       out.set(arrays[block.array].data, at);
+    } else if (block.kind === 'standardize') {
+      const mean = arrays[block.mean]; const scale = arrays[block.scale];
+      if (!mean || !scale) throw new Error('edge.json layout: standardize names arrays edge.json does not list');
+      if (mean.data.length !== at || scale.data.length !== at) {
+        throw new Error(`edge.json layout: standardize over ${at} columns, mean has ${mean.data.length}, scale ${scale.data.length}`);
+      }
+      for (let j = 0; j < at; j++) out[j] = Math.fround(Math.fround(out[j] - mean.data[j]) / scale.data[j]);
     } else {
       throw new Error(`edge.json layout: block kind ${JSON.stringify(block.kind)} is unknown to this client`);
     }

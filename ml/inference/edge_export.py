@@ -33,7 +33,7 @@ from ml.logs import get_logger
 log = get_logger("deployment")
 
 EDGE_FORMAT = 1
-RECIPE = "towerops.user_input.v1"
+RECIPE = "towerops.user_input.v2"  # v2: the standardize block (pipelines fitted with features.standardize)
 EDGE_JSON = "edge.json"
 TFJS_PREFIX = "tfjs"  # where the TF.js export sits in a deployment's version folder
 CHECK_ATOL = 1e-5
@@ -48,6 +48,8 @@ class EdgeExportError(ValueError):
 def _block_width(block: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> int:
     if block["kind"] == "history":
         return 3
+    if block["kind"] == "standardize":
+        return 0
     a = arrays[block["array"]]
     return int(a.size) if block["kind"] == "constant" else int(a.shape[1])
 
@@ -70,8 +72,16 @@ def build_user_input(layout: Sequence[Mapping[str, Any]], arrays: Mapping[str, n
             parts.append(np.array([np.log1p(nl), np.log1p(nn), (nl + 1) / (nl + nn + 2)], dtype=np.float32))
         elif kind == "constant":
             parts.append(np.asarray(arrays[block["array"]], dtype=np.float32).ravel())
+        elif kind == "standardize":  # (x - mean) / scale over every column built so far
+            mean = np.asarray(arrays[block["mean"]], dtype=np.float32).ravel()
+            scale = np.asarray(arrays[block["scale"]], dtype=np.float32).ravel()
+            built = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+            if built.shape != mean.shape or mean.shape != scale.shape:
+                raise EdgeExportError(f"standardize block: {built.size} columns built, mean has {mean.size} and scale "
+                                      f"{scale.size}; the three must agree")
+            parts = [((built - mean) / scale).astype(np.float32)]
         else:
-            raise EdgeExportError(f"layout block kind {kind!r} is unknown (mean, history, constant)")
+            raise EdgeExportError(f"layout block kind {kind!r} is unknown (mean, history, constant, standardize)")
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -81,7 +91,7 @@ def edge_layout(engine: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[np.n
     Mirrors `RealtimeInferenceEngine.embed_history` for a user the model does not know, i.e.
     `ml.model.inputs.user_tower_inputs` with the default profile and the OOV user row:
     [mean liked item features | mean noped item features | history | default profile] (content),
-    then, with an ID stage, [mean liked item-id vector | mean noped item-id vector | OOV user-id vector].
+    standardised by the pipeline's user scaler when it has one, then, with an ID stage, [mean liked item-id vector | mean noped item-id vector | OOV user-id vector].
     """
     bundle = engine.bundle
     feats = np.asarray(bundle.item_features, dtype=np.float32)
@@ -95,6 +105,11 @@ def edge_layout(engine: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[np.n
         {"kind": "history"},
         {"kind": "constant", "array": "default_profile"},
     ]
+    scaler = getattr(bundle.pipeline, "user_scaling", None)
+    if scaler is not None:  # features.standardize: the content columns go through the pipeline's user scaler
+        arrays["user_mean"] = (np.asarray(scaler.mean, dtype=np.float32), None)
+        arrays["user_scale"] = (np.asarray(scaler.scale, dtype=np.float32), None)
+        layout.append({"kind": "standardize", "mean": "user_mean", "scale": "user_scale"})
     tables = getattr(bundle, "id_tables", None)
     if tables is not None and tables.dim > 0:
         arrays["item_id_table"] = (np.asarray(tables.item, dtype=np.float32), "embeddings/item_id_table.npy")

@@ -48,18 +48,27 @@ def test_the_layout_builds_the_engines_cold_user_inputs(bundle_copy) -> None:
     path = export_edge(bundle_copy, bundle_copy / "tfjs")
     doc = json.loads(path.read_text())
     b = load_bundle(bundle_copy)
-    assert (doc["format"], doc["recipe"], doc["n_items"]) == (1, "towerops.user_input.v1", len(b.item_ids))
+    assert (doc["format"], doc["recipe"], doc["n_items"]) == (1, "towerops.user_input.v2", len(b.item_ids))
     assert doc["feature_schema_hash"] == b.metadata["feature_schema_hash"] and doc["checked_max_abs_diff"] <= 1e-5
-    feats = doc["arrays"]["item_features"]                   # mostly one-hot columns: CSR rows of the same values
-    assert feats["format"] == "csr" and feats["shape"] == list(b.item_features.shape)
-    nnz = int(np.count_nonzero(b.item_features))
-    assert feats["values"]["shape"] == feats["indices"]["shape"] == [nnz] and feats["indptr"]["shape"] == [len(b.item_ids) + 1]
+    feats = doc["arrays"]["item_features"]
+    density = np.count_nonzero(b.item_features) / b.item_features.size
+    if density <= 0.4:                                         # mostly one-hot columns: CSR rows of the same values
+        assert feats["format"] == "csr" and feats["shape"] == list(b.item_features.shape)
+        nnz = int(np.count_nonzero(b.item_features))
+        assert feats["values"]["shape"] == feats["indices"]["shape"] == [nnz]
+        assert feats["indptr"]["shape"] == [len(b.item_ids) + 1]
+    else:                                                      # standardised (dense): the bundle's own .npy, not a copy
+        assert "format" not in feats and feats["path"] == "embeddings/item_features.npy"
     assert doc["arrays"]["default_profile"]["path"] == "tfjs/edge/default_profile.f32"
     kinds = [(blk["kind"], blk.get("of"), blk.get("array")) for blk in doc["layout"]]
     assert kinds[:4] == [("mean", "liked", "item_features"), ("mean", "noped", "item_features"), ("history", None, None),
                          ("constant", None, "default_profile")]
+    rest = kinds[4:]
+    if b.pipeline.user_scaling is not None:                   # features.standardize (the default): content scaled
+        assert doc["layout"][4] == {"kind": "standardize", "mean": "user_mean", "scale": "user_scale"}
+        rest = kinds[5:]
     if b.id_tables.dim:                                                  # the hybrid towers' ID part, in order
-        assert kinds[4:] == [("mean", "liked", "item_id_table"), ("mean", "noped", "item_id_table"),
+        assert rest == [("mean", "liked", "item_id_table"), ("mean", "noped", "item_id_table"),
                              ("constant", None, "user_oov")]
         assert doc["arrays"]["item_id_table"]["path"] == "embeddings/item_id_table.npy"
 

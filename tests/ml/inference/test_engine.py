@@ -32,10 +32,14 @@ def test_cold_user_embedding_is_the_keras_user_tower_on_the_history(tiny_model_d
     feats = b.item_features
     agg = b.pipeline.history_aggregates(feats[liked].sum(0, keepdims=True), feats[noped].sum(0, keepdims=True),
                                         np.array([3]), np.array([1]))
-    # [content ; mean liked item-id vector ; mean noped item-id vector ; the OOV user row (a cold user)]
+    # [standardised content ; mean liked item-id vector ; mean noped item-id vector ; the OOV user row (a cold user)]
     tables = b.id_tables
     assert tables.dim > 0
-    x = np.concatenate([agg, engine._default_profile()[None, :], tables.item[liked].mean(0, keepdims=True),
+    content = np.concatenate([agg, engine._default_profile()[None, :]], axis=1)
+    scaler = b.pipeline.user_scaling  # features.standardize (the default): content columns to mean 0, variance 1
+    assert scaler is not None
+    content = (content - scaler.mean) / scaler.scale
+    x = np.concatenate([content, tables.item[liked].mean(0, keepdims=True),
                         tables.item[noped].mean(0, keepdims=True), tables.user[-1:]], axis=1).astype(np.float32)
     np.testing.assert_allclose(emb, np.asarray(b.user_tower(x, training=False))[0], atol=1e-5)
     assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
