@@ -43,9 +43,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_train_in_a_pipe_prints_no_progress_bars_ansi_codes_or_tensorflow_start_up_lines(
         tmp_path: Path, tiny_data_dir: Path) -> None:
+    # from a folder outside the repository with no config at all: the packaged defaults (the seed's towers)
     proc = _towerops("train", "--data", str(tiny_data_dir), "--model-dir", str(tmp_path / "model"),
-                     "--config", str(REPO_ROOT / "configs" / "training.json"), "--set", "training.epochs=1",
-                     env=_env(tmp_path), cwd=tmp_path)
+                     "--set", "training.epochs=1", env=_env(tmp_path), cwd=tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "\r" not in output and "Downloading artifacts" not in output  # MLflow's tqdm frames
@@ -57,6 +57,8 @@ def test_train_in_a_pipe_prints_no_progress_bars_ansi_codes_or_tensorflow_start_
     for log_file in (tmp_path / "logs").glob("*.log"):
         assert not ANSI.search(log_file.read_text()), log_file
     assert "epoch 1/1" in (tmp_path / "logs" / "training.log").read_text()
+    model = json.loads((tmp_path / "model" / "config.json").read_text())["model"]   # the packaged defaults ran
+    assert (model["item_embedding_dim"], model["hidden_units"]) == (768, [512, 256, 128])
 
 
 def test_each_validation_problem_is_printed_once_on_one_line(tmp_path: Path) -> None:
