@@ -94,8 +94,8 @@ def _forms(secret: str) -> set[str]:
     return {s for s in (secret, quote(secret, safe=""), quote(secret)) if s}
 
 
-def test_planted_secrets_never_reach_params_logs_artifacts_or_output(tmp_path: Path, tiny_synth, pg_dsn) -> None:
-    from conftest import TINY_CONFIG
+def test_planted_secrets_never_reach_params_logs_artifacts_or_output(tmp_path: Path, tiny_synth, tiny_config,
+                                                                    pg_dsn) -> None:
     from mlflow import MlflowClient
     from support.storage_server import StorageServer
 
@@ -114,7 +114,7 @@ def test_planted_secrets_never_reach_params_logs_artifacts_or_output(tmp_path: P
     # ---------------------------------------------------------------- data in PostgreSQL, configs with references
     write_synthetic(tiny_synth, tmp_path / "csv")
     _load_tables(dsn, tmp_path / "csv")
-    (work / "tiny.json").write_text(json.dumps({**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "epochs": 1}}))
+    (work / "tiny.json").write_text(json.dumps({**tiny_config, "training": {**tiny_config["training"], "epochs": 1}}))
     (work / "monitoring.yaml").write_text(
         "reference: {sample_users: 200, sample_items: 200}\n"
         "drift: {embedding_sample: 50, min_outcomes: 1000000}\n"
