@@ -84,8 +84,12 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "monitor-test")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.set_experiment("monitor-test")
+    from ml.tracking.runs import set_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    set_experiment("monitor-test", uri)  # artifacts beside the database, not in ./mlruns of the checkout
+    exp = mlflow.get_experiment_by_name("monitor-test")
     yield exp
     while mlflow.active_run():
         mlflow.end_run()
