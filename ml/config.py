@@ -203,12 +203,14 @@ class ModelConfig(StrictModel):
     l2_regularization: float = Field(0.01, ge=0, description="AdamW decoupled weight decay (ml.model.optim), "
                                      "not an L2 term in the loss")
     temperature: float = Field(0.1, gt=0, description="softmax temperature over cosine scores")
-    id_embedding_dim: int = Field(64, ge=0, description="width of the learned item-id and user-id vectors "
+    id_embedding_dim: int = Field(128, ge=0, description="width of the learned item-id and user-id vectors "
                                   "(ml.model.towers.IdStage); 0 = content-only towers")
     history_length: int = Field(50, ge=1, description="liked and noped item ids pooled per training example "
                                 "(a random sample when the history is longer)")
     id_dropout: float = Field(0.1, description="share of own ids sent to the OOV row while training, so cold "
                               "items and users have a learned fallback")
+    history_dropout: float = Field(0.5, description="share of each training row's history ids dropped before "
+                                   "pooling (denoising; the user cannot be memorised by a fixed history)")
 
     @field_validator("hidden_units", mode="before")
     @classmethod
@@ -217,7 +219,7 @@ class ModelConfig(StrictModel):
             value = _parse_text(value)
         return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
-    @field_validator("dropout_rate", "id_dropout")
+    @field_validator("dropout_rate", "id_dropout", "history_dropout")
     @classmethod
     def _unit_interval(cls, value: float) -> float:
         if not 0.0 <= value < 1.0:
@@ -233,10 +235,14 @@ class TrainingConfig(StrictModel):
     validation_split: float = 0.2
     test_split: float = Field(0.1, description="each user's newest share held out for offline evaluation and the "
                               "gate; never read by training")
-    bce_weight: float = Field(1.0, description="weight of the explicit like/nope loss next to in-batch softmax")
+    bce_weight: float = Field(0.0, ge=0, description="weight of the explicit like/nope loss next to the in-batch "
+                              "softmax; 0 by default: nopes are shown, i.e. taste-targeted, items, and pushing "
+                              "them away cost NDCG@10 in bench/quality.py")
     seed: int = 42
     distribute_strategy: Literal["one_device", "mirrored", "multi_worker_mirrored"] = "one_device"
     jit_compile: bool = False
+    steps_per_execution: int = Field(16, ge=1, description="training steps per call into the compiled graph: "
+                                     "fewer Python round trips; callbacks run per epoch, so they see no difference")
 
     @field_validator("validation_split", "test_split")
     @classmethod

@@ -163,6 +163,8 @@ class Settings(BaseSettings):
                                                                               "is rotated (0: never)")
     prediction_log_backups: int = Field(5, ge=1, description="rotated prediction log files kept")
     batch_dsn: SecretStr | None = Field(None, description="PostgreSQL DSN batch scoring publishes to")
+    tuning_storage: SecretStr | None = Field(None, description="Optuna storage URL (postgresql://) of a study that "
+                                             "several tune workers share; named by the tuning config as env:VAR")
     # registry and deployment
     actor: str | None = Field(None, description="who the audit trail records (default: the OS user)")
     audit_db_url: SecretStr | None = Field(None, description="database of the audit trail")

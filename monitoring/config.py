@@ -117,6 +117,20 @@ class RollbackSection(Section):
     alias: str = "production"
 
 
+DRIFT_ALERTS = ["item_data_drift", "user_data_drift", "item_embedding_drift", "user_embedding_drift"]
+
+
+class RetrainSection(Section):
+    """Which alerts start a retrain (`towerops monitor run --on-alert retrain`, or always with `enabled`)."""
+
+    enabled: bool = Field(False, description="retrain on these alerts even without --on-alert retrain")
+    on_alerts: list[str] = Field(default_factory=lambda: list(DRIFT_ALERTS),
+                                 description="alert names that start a retrain, e.g. [item_data_drift]")
+    data: str | None = Field(None, description="data to retrain on (default: the monitored window's source)")
+    window_days: float | None = Field(None, gt=0, description="train on the last N days of interactions")
+    training_config: str | None = Field(None, description="training config (default: towerops.yaml's training)")
+
+
 class WorkspaceSection(Section):
     project: str = "towerops"
 
@@ -130,6 +144,7 @@ class MonitoringConfig(StrictModel):
     alerts: list[AlertRule] = Field(default_factory=_default_alerts)
     webhook: WebhookSection = Field(default_factory=WebhookSection)
     rollback: RollbackSection = Field(default_factory=RollbackSection)
+    retrain: RetrainSection = Field(default_factory=RetrainSection)
     workspace: WorkspaceSection = Field(default_factory=WorkspaceSection)
 
     @field_validator("alerts", mode="before")
@@ -147,6 +162,11 @@ class MonitoringConfig(StrictModel):
         if bad:
             raise ValueError(f"rollback.on_alerts names {bad}, which are not alerts in this config ({names}): "
                              "name alerts of the alerts list")
+        if self.retrain.on_alerts != DRIFT_ALERTS:  # the default list may name alerts a config dropped: no error
+            bad = [a for a in self.retrain.on_alerts if a not in names]
+            if bad:
+                raise ValueError(f"retrain.on_alerts names {bad}, which are not alerts in this config ({names}): "
+                                 "name alerts of the alerts list")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The format, its field names and which of them every line must carry are defined 
 `ml.inference.prediction_log` (FIELDS, REQUIRED_FIELDS); this module only reads it. A line
 needs REQUIRED_FIELDS (ts as ISO 8601 or epoch seconds, user_id, top_k, items, scores,
 latency_ms, model_version); `status` ("ok"/"error") is read for the error share and defaults
-to "ok"; other fields are ignored. Error rows have empty items/scores. Files may be rotated:
+to "ok"; lines with `"shadow": true` (a challenger scored in the shadow, never shown) are
+skipped; other fields are ignored. Error rows have empty items/scores. Files may be rotated:
 pass a folder to read every `*.jsonl` (and `*.jsonl.gz`) in it. Why JSON lines: append-only,
 one write per request, readable with no schema registry, and a torn last line (a crash
 mid-write) loses one request only.
@@ -64,6 +65,8 @@ def read_prediction_log(path: str | Path, start: Any = None, end: Any = None) ->
                 if n == len(lines):  # torn last line of a live file
                     continue
                 raise ValueError(f"{file}:{n}: not valid JSON ({exc}); each line must be one JSON object") from exc
+            if rec.get("shadow") is True:  # scored by a shadow challenger, never shown: not served traffic
+                continue
             missing = [f for f in REQUIRED_FIELDS if f not in rec]
             if missing:
                 raise ValueError(f"{file}:{n}: missing field(s) {', '.join(missing)}; "

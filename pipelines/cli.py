@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from pipelines import (
+    cli_catalog,
     cli_config,
     cli_edge,
     cli_evaluate,
@@ -184,7 +185,7 @@ def register(application: typer.Typer) -> None:
     application.command("main")(main)
     application.command("recommend")(recommend)
     for module in (cli_evaluate, cli_server, cli_monitor, cli_registry, cli_serve, cli_tune, cli_sync, cli_edge,
-                   cli_config):
+                   cli_config, cli_catalog):
         module.register(application)
 
 

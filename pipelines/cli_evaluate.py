@@ -169,23 +169,36 @@ def ab_analyze(
                                            "for a sample-ratio check")] = "",
     json_out: Annotated[Path | None, typer.Option(help="also write the result as JSON here")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+    from_log: Annotated[Path | None, typer.Option(help="prediction log of `towerops serve --challenger-uri` (file or "
+                                                       "folder): each user's arm comes from it, so --outcomes needs "
+                                                       "only user_id, item_id, decision")] = None,
 ) -> None:
     """Like rate per arm, lift, confidence interval, p-value; warns when the sample is too small to decide."""
-    from ml.evaluation.abtest import analyze_outcomes, format_result, read_outcomes
+    from ml.evaluation.abtest import analyze_outcomes, format_result, outcomes_from_log, read_outcomes
 
+    versions: dict[str, list[str]] = {}
     try:
-        frame = read_outcomes(outcomes)
+        if from_log is not None:
+            frame, logged, notes = outcomes_from_log(from_log, outcomes)
+            versions = logged.versions
+            for note in notes:
+                info(note)
+        else:
+            frame = read_outcomes(outcomes)
         result = analyze_outcomes(frame, control=opt(control), alpha=alpha, power=power, mde=mde,
                                   min_per_arm=min_per_arm, unit=unit, arms=opt(arms))
     except USER_ERRORS as exc:
         fail(exc)
+    payload = {**result.to_dict(), **({"versions": versions} if from_log is not None else {})}
     if is_json(fmt):
-        print_json(result.to_dict())
+        print_json(payload)
     else:
         typer.echo(format_result(result))
+        for arm, served in versions.items():
+            typer.echo(f"arm {arm}: model version(s) {', '.join(served)}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_dict(), indent=2, default=float))
+        json_out.write_text(json.dumps(payload, indent=2, default=float))
 
 
 def register(app: typer.Typer) -> None:

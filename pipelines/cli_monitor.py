@@ -36,15 +36,29 @@ def monitor_run_cmd(
     start: Annotated[str | None, typer.Option(help="window start (inclusive, ISO 8601)")] = None,
     end: Annotated[str | None, typer.Option(help="window end (exclusive, ISO 8601)")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+    on_alert: Annotated[list[str] | None, typer.Option("--on-alert", help="action when an alert fires: retrain "
+                                                       "(the alerts of retrain.on_alerts in the monitoring config "
+                                                       "start `towerops retrain`)")] = None,
+    dsn: Annotated[str | None, typer.Option("--dsn", help="with --on-alert retrain: PostgreSQL for the embedding "
+                                                          "tables (env:VAR; default $TOWEROPS_BATCH_DSN)")] = None,
+    registry_config: Annotated[str | None, typer.Option("--registry-config", help="with --on-alert retrain: registry "
+                                                        "config (model name, gate; default: the registry section "
+                                                        "of towerops.yaml)")] = None,
 ) -> None:
-    """Compare a window with the production model's reference; exit 1 when an alert fires."""
+    """Compare a window with the production model's reference; exit 1 when an alert fires (after a
+    retrain it started, whose outcome is printed)."""
     from ml.logs import metric_text
+    from monitoring.actions import ACTIONS
     from monitoring.run import monitor_run
 
     try:
         queries = parse_queries(query or [])
         if opt(run_id) and opt(model_uri):
             raise ValueError("pass either --run-id or --model-uri, not both")
+        actions = [a.strip() for a in (on_alert or []) if opt(a)]
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown:
+            raise ValueError(f"--on-alert {unknown[0]!r} is not an action: use one of {', '.join(ACTIONS)}")
         result = monitor_run(opt(data), opt(model_uri) or opt(run_id), opt(config), opt(prediction_log),
                              opt(workspace), opt(start), opt(end), queries or None)
     except USER_ERRORS as exc:
@@ -58,6 +72,21 @@ def monitor_run_cmd(
     names = ", ".join(a.name for a in result.alerts)
     info(f"monitor run {result.run_id}: model {result.model_uri}; {len(result.alerts)} alert(s)"
          f"{': ' + names if names else ''}")
+    if result.alerts:  # a retrain when asked (--on-alert retrain) or retrain.enabled, for retrain.on_alerts
+        from monitoring.actions import retrain_on_alerts
+        from monitoring.config import load_monitoring_config
+        from registry.service import open_registry
+
+        try:
+            cfg = load_monitoring_config(opt(config))
+            registry = open_registry(opt(registry_config), name=cfg.rollback.model_name if not opt(registry_config)
+                                     else None)
+            retrained = retrain_on_alerts(result.alerts, cfg, opt(data), requested="retrain" in actions,
+                                          registry=registry, dsn=opt(dsn))
+        except USER_ERRORS as exc:
+            fail(exc)
+        if retrained is not None:
+            info(f"retrain (parent run {retrained.parent_run_id}): {retrained.reason}")
     if result.alerts:
         raise typer.Exit(result.exit_code)
 

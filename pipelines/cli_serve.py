@@ -57,9 +57,19 @@ def serve(
                                                            "or logs/predictions.jsonl)")] = None,
     sample: Annotated[float | None, typer.Option(help="fraction of requests written to the prediction log")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command instead of running it")] = False,
+    challenger_uri: Annotated[str | None, typer.Option(help="a second version served from the same endpoint, e.g. "
+                                                           "models:/two_tower@challenger (A/B split, or --shadow)")] = None,
+    ab_salt: Annotated[str | None, typer.Option(help="experiment name hashed with each user_id (the --salt of "
+                                                    "`towerops ab assign`)")] = None,
+    arms: Annotated[str | None, typer.Option(help="two arms and weights, e.g. control=90,treatment=10 "
+                                                 "(default control=50,treatment=50)")] = None,
+    control_arm: Annotated[str | None, typer.Option(help="the arm --model-uri answers (default: control, else the "
+                                                         "first); the other arm gets --challenger-uri")] = None,
+    shadow: Annotated[bool, typer.Option("--shadow", help="show everyone the control; score the challenger too and "
+                                                         "log it as shadow lines, never returned")] = False,
 ) -> None:
     """Serve the registered recommender over the MLflow scoring protocol (waitress, strict request
-    checks; prediction log tagged with its version)."""
+    checks; prediction log tagged with its version), or two versions with an online A/B split."""
     from ml.inference.serving import serve_command
     from ml.settings import ensure_tracking_uri
 
@@ -67,7 +77,8 @@ def serve(
         ensure_tracking_uri()
         argv, env = serve_command(model_uri, host=host, port=port, workers=workers, scoring=scoring,
                                   prediction_log=str(prediction_log) if prediction_log else None,
-                                  sample_rate=sample)
+                                  sample_rate=sample, challenger_uri=challenger_uri, ab_salt=ab_salt, arms=arms,
+                                  control_arm=control_arm, shadow=shadow)
     except _errors() as exc:
         fail(exc)
     if dry_run:
@@ -75,7 +86,9 @@ def serve(
         return
     from ml.settings import get_settings
 
-    info(f"serving {model_uri} (version {get_settings(env).model_version or '?'}) on http://{host}:{port}")
+    info(f"serving {model_uri} (version {get_settings(env).model_version or '?'})"
+         + (f" and {challenger_uri} ({'shadow' if shadow else 'A/B'})" if challenger_uri else "")
+         + f" on http://{host}:{port}")
     os.execvpe(argv[0], argv, env)
 
 

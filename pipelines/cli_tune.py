@@ -38,6 +38,11 @@ def tune(
     timeout: Annotated[str, typer.Option(help="stop starting trials after this many seconds (default: the file's)")] = "",
     out: Annotated[Path, typer.Option(help="where to write the best config (JSON)")] = Path("best_config.json"),
     run_name: Annotated[str, typer.Option(help="MLflow run name of the study")] = "tune",
+    storage: Annotated[str, typer.Option(help="Optuna RDB storage shared by workers on several hosts, e.g. "
+                                              "postgresql://user@host/optuna or env:VAR (default: storage of the "
+                                              "tuning file; none: a study of this process only)")] = "",
+    study_name: Annotated[str, typer.Option(help="study the workers share (default: the tuning file's "
+                                                 "study_name, else towerops-tune)")] = "",
 ) -> None:
     """Search hyperparameters with Optuna; each trial is a nested MLflow run; writes best_config.json."""
     from ml.config import parse_overrides
@@ -49,7 +54,7 @@ def tune(
         result = run_tuning(data_source(opt(data)), opt(tuning), opt(config), parse_overrides(set_ or []),
                             n_trials=_optional_number(n_trials, "--n-trials", integer=True),
                             timeout_s=_optional_number(timeout, "--timeout", integer=False),
-                            out=out, run_name=run_name)
+                            out=out, run_name=run_name, storage=opt(storage), study_name=opt(study_name))
     except USER_ERRORS as exc:
         fail(exc)
     best = metric_text(result.best_value, why="no trial completed")

@@ -30,7 +30,7 @@ log = get_logger("deployment")
 STAGES = ("staging", "production", "archived")
 ALIASES = ("staging", "production")
 STAGE_TAG = "stage"
-TRIGGERS = ("cli", "mlflow_run", "webhook", "reconcile", "api", "main", "monitoring")
+TRIGGERS = ("cli", "mlflow_run", "webhook", "reconcile", "api", "main", "monitoring", "catalog_refresh", "retrain")
 
 
 class GateFailed(RuntimeError):
@@ -193,20 +193,19 @@ class ModelRegistry:
                              "register the run of a `train` entry point")
         meta = {"embedding_dim": tags.get("towerops.embedding_dim"),
                 "feature_schema_hash": tags.get("towerops.feature_schema_hash"),
+                "towers_fingerprint": tags.get("towerops.towers_fingerprint"),
+                "catalog_hash": tags.get("towerops.catalog_hash"),
                 "data_hash": tags.get("towerops.data_hash"), "run_id": run_id}
         with self.audit.locked(self.name) as conn:
-            previous = None
-            prev_meta = None
             existing = self.versions()
-            for mv in existing:
-                if "semver" in mv.tags:
-                    sv = SemVer.parse(mv.tags["semver"])
-                    if previous is None or sv > previous:
-                        previous, prev_meta = sv, {**mv.tags, "run_id": mv.run_id}
-            semver, bump, why = next_semver(previous, prev_meta, meta, {str(mv.run_id) for mv in existing})
+            previous, prev_meta = self._semver_base(existing, meta)
+            taken = [SemVer.parse(mv.tags["semver"]) for mv in existing if "semver" in mv.tags]
+            semver, bump, why = next_semver(previous, prev_meta, meta, {str(mv.run_id) for mv in existing}, taken)
             version_tags = {"semver": str(semver), "semver_bump": bump, STAGE_TAG: "none",
                             "data_hash": str(meta["data_hash"]), "embedding_dim": str(meta["embedding_dim"]),
                             "feature_schema_hash": str(meta["feature_schema_hash"]),
+                            "towers_fingerprint": str(meta["towers_fingerprint"] or ""),
+                            "catalog_hash": str(meta["catalog_hash"] or ""),
                             # absolute (a folder's path, a DSN without password): means the same on every host
                             "data_source": tags.get("towerops.data_source") or run.data.params.get("data.source", "")}
             if tags.get("towerops.eval_set"):  # the exact evaluation set, read through the tracking server
@@ -224,6 +223,26 @@ class ModelRegistry:
                                                reason=f"{bump}: {why}", trigger=trigger))
         log.info("registered %s v%s as %s (%s: %s)", self.name, mv.version, semver, bump, why)
         return self.client.get_model_version(self.name, mv.version)
+
+    def _semver_base(self, existing: list[Any], meta: Mapping[str, Any]) -> tuple[SemVer | None, dict | None]:
+        """The version a new one is numbered against: the production holder; else (or when the
+        candidate's towers match another version, e.g. a catalog refresh of a staging version)
+        the latest version with the same towers; else the highest version."""
+        from registry.semver import same_space
+
+        described = [(SemVer.parse(mv.tags["semver"]), {**mv.tags, "run_id": mv.run_id}) for mv in existing
+                     if "semver" in mv.tags]
+        if not described:
+            return None, None
+        holder = self.alias_version("production")
+        production = next(((sv, m) for (sv, m), mv in zip(described, [mv for mv in existing if "semver" in mv.tags])
+                           if str(mv.version) == holder), None)
+        if production is not None and same_space(production[1], meta):
+            return production
+        sharing = [(sv, m) for sv, m in described if same_space(m, meta)]
+        if sharing:
+            return max(sharing, key=lambda d: d[0])
+        return production or max(described, key=lambda d: d[0])
 
     # ------------------------------------------------------------- the gate
     def run_gate(self, candidate: str, production: str | None, data: Any = None) -> GateResult:

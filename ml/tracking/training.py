@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,12 +26,14 @@ PYFUNC_NAME = "recommender"
 
 
 def plot_curves(history: Mapping[str, list[float]], path: Path) -> Path:
+    """One panel per metric (train and val_ together). The per-layer health series (`name.layer`) stay
+    MLflow metrics only: a panel each would double the drawing time for little to read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({k.removeprefix("val_") for k in history})
+    names = sorted({k.removeprefix("val_") for k in history if "." not in k})
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         for key, style in ((name, "-"), (f"val_{name}", "--")):
@@ -111,7 +114,12 @@ def train_run(
     nested: bool = False,
     experiment: str | None = None,
 ) -> TrainResult:
-    """Validate config and data, then train inside an MLflow run and log everything."""
+    """Validate config and data, then train inside an MLflow run and log everything.
+
+    Logs one `timings` line (seconds per phase, and the wall-clock start) that bench/train.py
+    reads to split the fixed overhead."""
+    started = time.time()
+    t0 = time.perf_counter()
     import mlflow
 
     from ml.data.fingerprint import dataset_fingerprint
@@ -124,12 +132,15 @@ def train_run(
     from ml.training.distribute import global_batch_problem, plan_distribution, start_distribution
     from ml.training.trainer import create_standard_trainer
 
+    t_imports = time.perf_counter() - t0
     config = load_training_config(config_path, overrides)  # bad config: error before any run (default: towerops.yaml)
     plan = plan_distribution(config)  # bad strategy or TF_CONFIG: same
     dataset = data if isinstance(data, Dataset) else load_dataset(  # bad data: same
         str(data), rating_scale=config.data.rating_scale, like_threshold=config.data.like_threshold)
     fingerprint = dataset_fingerprint(dataset)
+    t_load = time.perf_counter() - t0 - t_imports
     distribution = start_distribution(plan)  # waits for the other workers; a missing one: error, no run
+    t_dist = time.perf_counter() - t0 - t_imports - t_load  # TensorFlow's import and the strategy
     problem = global_batch_problem(config.training.batch_size, distribution.num_replicas)
     if problem:
         raise ValueError(problem)
@@ -161,9 +172,16 @@ def train_run(
 
         trainer = create_standard_trainer(model_dir=out_dir, config=config, callbacks=[mlflow_epoch_callback(run_id)],
                                           distribution=distribution)
+        t_run = time.perf_counter()
         history = trainer.train(dataset=dataset, data_fingerprint=fingerprint)
+        t_trained = time.perf_counter()
         metadata = json.loads((out_dir / "metadata.json").read_text())
-        mlflow.set_tag("towerops.feature_schema_hash", metadata["feature_schema_hash"])
+        from ml.inference.catalog import catalog_hash, towers_fingerprint
+
+        # the embedding space (towers' weights) and the catalog: the registry numbers versions with them
+        mlflow.set_tags({"towerops.feature_schema_hash": metadata["feature_schema_hash"],
+                         "towerops.towers_fingerprint": towers_fingerprint(out_dir),
+                         "towerops.catalog_hash": catalog_hash(out_dir)})
 
         best = {f"best_{k}": float(v) for k, v in metadata["final_metrics"].items()}
         best["best_epoch"] = float(trainer.best_epoch if trainer.best_epoch is not None else -1)
@@ -184,6 +202,10 @@ def train_run(
         mlflow.log_artifacts(str(out_dir / "saved_model"), "saved_model")
         info = log_recommender(out_dir)
         mlflow.set_tag("towerops.model_uri", info.model_uri)
+        timings = {"started": round(started, 3), "imports": t_imports, "load_data": t_load, "tensorflow": t_dist,
+                   "mlflow_before": t_run - t0 - t_imports - t_load - t_dist, **trainer.timings,
+                   "mlflow_after": time.perf_counter() - t_trained}
+        log.info("timings: %s", json.dumps({k: round(v, 3) for k, v in timings.items()}))
         log.info("run %s finished: best epoch %s, model %s", run_id, trainer.best_epoch, info.model_uri)
     return TrainResult(run_id=run_id, model_uri=info.model_uri, model_dir=out_dir, history=history, metrics=best,
                        fingerprint=fingerprint)

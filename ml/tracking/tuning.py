@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ml.evaluation.validation import ValidationRanking
 from ml.logs import get_logger
@@ -58,7 +63,7 @@ class TuneResult:
     states: dict[str, int] = field(default_factory=dict)
 
 
-def _make_study(spec: TuningSpec, name: str):
+def _sampler_pruner(spec: TuningSpec) -> tuple[Any, Any]:
     import optuna
 
     if spec.sampler == "random":
@@ -69,12 +74,176 @@ def _make_study(spec: TuningSpec, name: str):
               optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials,
                                           n_warmup_steps=spec.pruner_warmup_steps,
                                           interval_steps=spec.pruner_interval_steps))
+    return sampler, pruner
+
+
+def _enqueue(study: Any, spec: TuningSpec) -> None:
+    by_name = {p.name: p for p in spec.space}
+    for point in spec.enqueue:
+        study.enqueue_trial({k: by_name[k]._encode(v) for k, v in point.items()})
+
+
+def _make_study(spec: TuningSpec, name: str):
+    """A study of this process only (in memory), the seed's points enqueued."""
+    import optuna
+
+    sampler, pruner = _sampler_pruner(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged by towerops.training instead
     study = optuna.create_study(direction=spec.direction, sampler=sampler, pruner=pruner, study_name=name)
-    for point in spec.enqueue:
-        by_name = {p.name: p for p in spec.space}
-        study.enqueue_trial({k: by_name[k]._encode(v) for k, v in point.items()})
+    _enqueue(study, spec)
     return study
+
+
+# ------------------------------------------------------------------ a study shared by workers
+STUDY_KEY_ATTR = "towerops.study_key"   # hash of what every worker must agree on
+STUDY_TAG = "towerops.study"            # MLflow tag of the shared parent run: the study name
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgresql:// with the driver towerops ships (psycopg2) unless psycopg 3 is installed:
+    SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def _masked_url(url: str) -> str:
+    """The storage URL with its password as ***; raises rather than return a URL that still holds it."""
+    from urllib.parse import unquote, urlsplit
+
+    from ml.secrets import mask_dsn
+
+    shown = mask_dsn(url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")} - {None, "", "***"}:
+        if secret in shown:
+            raise ValueError("tuning storage URL: its password could not be masked; put it in the environment "
+                             "(PGPASSWORD or ~/.pgpass) and pass the URL without it")
+    return shown
+
+
+class SharedStudy:
+    """An Optuna study in RDB storage (PostgreSQL) that `towerops tune` workers on several hosts join.
+
+    Why a lock: "count the trials, then ask for one" must be atomic across workers so that
+    `n_trials` is the study's total, not each worker's; creating the study (and enqueueing the
+    seed's points once) and finding the MLflow parent run must happen once. On PostgreSQL a
+    session-level advisory lock keyed on the study name does all three; other databases
+    (SQLite on one host) run without it."""
+
+    def __init__(self, storage_url: str, name: str) -> None:
+        import optuna
+
+        from ml.secrets import mask_dsn, remember_secret
+
+        remember_secret(storage_url)  # scrubbed from every later log line
+        self.name = name
+        self.shown = _masked_url(storage_url)  # what logs and params may show
+        try:
+            self.storage = optuna.storages.RDBStorage(sqlalchemy_url(storage_url),
+                                                      engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes one readable message
+            raise ConnectionError(f"tuning storage {self.shown}: cannot open it ({type(exc).__name__}: "
+                                  f"{mask_dsn(str(exc).splitlines()[0] if str(exc) else '')}); check the URL, that "
+                                  "the database exists and accepts this user (e.g. createdb optuna)") from None
+        self._lock_conn: Any = None
+        self._key = int.from_bytes(hashlib.sha256(f"towerops-tune:{name}".encode()).digest()[:8], "big", signed=True)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the study's advisory lock (PostgreSQL); a no-op on other databases."""
+        engine = self.storage.engine
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                conn.commit()
+
+    def open(self, spec: TuningSpec, key: str) -> Any:
+        """Create the study (enqueueing the seed's points) or join it; a worker with another
+        spec, base config or data is refused, naming the study."""
+        import optuna
+
+        sampler, pruner = _sampler_pruner(spec)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with self.lock():
+            study = optuna.create_study(storage=self.storage, study_name=self.name, direction=spec.direction,
+                                        sampler=sampler, pruner=pruner, load_if_exists=True)
+            theirs = study.user_attrs.get(STUDY_KEY_ATTR)
+            if theirs is None and not study.trials:
+                study.set_user_attr(STUDY_KEY_ATTR, key)
+                _enqueue(study, spec)
+                log.info("tuning: created study %r in %s", self.name, self.shown)
+            elif theirs != key:
+                raise ValueError(f"study {self.name!r} in {self.shown} was started with another search (tuning "
+                                 "file, base config or data differ from this worker's): give every worker the same "
+                                 "--tuning, --config, --set and --data, or pass a new --study-name")
+            else:
+                log.info("tuning: joined study %r in %s (%d trials so far)", self.name, self.shown, len(study.trials))
+        return study
+
+    def next_trial(self, study: Any, n_trials: int) -> Any | None:
+        """The next trial of the study, or None once it holds `n_trials` (every worker's count)."""
+        with self.lock():
+            return study.ask() if _started(study) < n_trials else None
+
+
+def _started(study: Any) -> int:
+    """Trials started or finished (an enqueued, WAITING point is not one yet)."""
+    import optuna
+
+    return len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
+
+
+def _study_key(spec: TuningSpec, base: Any, fingerprint: Mapping[str, Any]) -> str:
+    blob = json.dumps({"spec": spec.study_key(), "base": base.to_dict(), "data": fingerprint.get("hash")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _optimize(study: Any, st: "_Study", shared: SharedStudy | None) -> None:
+    """Ask, train and tell until the study holds n_trials trials or the time budget is spent.
+
+    One loop for both cases (a private study, a shared one): n_trials counts the study's
+    trials, so with several workers it is their total."""
+    import gc
+
+    import optuna
+
+    spec = st.spec
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    while deadline is None or time.monotonic() < deadline:
+        if shared is not None:
+            trial = shared.next_trial(study, spec.n_trials)
+        else:
+            trial = study.ask() if _started(study) < spec.n_trials else None
+        if trial is None:
+            return
+        try:
+            value = _run_trial(st, trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)  # a non-finite value marks the trial FAIL
+        finally:
+            gc.collect()
 
 
 @dataclass
@@ -92,7 +261,8 @@ class _Study:
 
 def _prepare_study(data: Any, tuning_path: str | Path, config_path: str | Path | None,
                    overrides: Mapping[str, Any] | None, n_trials: int | None, timeout_s: float | None,
-                   out: str | Path) -> tuple[_Study, Path, dict[str, Any]]:
+                   out: str | Path, storage: str | None = None, study_name: str | None = None
+                   ) -> tuple[_Study, Path, dict[str, Any]]:
     """Everything that can be wrong in the input fails here, before any run: (study, out path, fingerprint)."""
     from ml.data.fingerprint import dataset_fingerprint
     from ml.data.loaders import load_dataset
@@ -103,6 +273,9 @@ def _prepare_study(data: Any, tuning_path: str | Path, config_path: str | Path |
     spec = _tuning_spec(tuning_path, n_trials, timeout_s)  # default: the platform config's tuning section
     base = load_training_config(config_path, overrides)
     validate_space(spec, base)
+    if (study_name or spec.study_name) and not (storage or spec.storage):
+        raise ValueError(f"study name {study_name or spec.study_name!r} needs a shared storage: pass --storage "
+                         "postgresql://... (or env:VAR), or set storage in the tuning section of towerops.yaml")
     if base.training.validation_split <= 0:
         raise ValueError("training.validation_split=0: tuning scores trials on the validation split; set it > 0 "
                          "(e.g. --set training.validation_split=0.2)")
@@ -149,6 +322,8 @@ def _run_trial(st: _Study, trial: Any) -> float:
     with start_run(run_name=f"trial-{trial.number}", nested=True,
                    tags={"towerops.step": "tune-trial", "optuna.trial": str(trial.number)}) as child:
         trial.set_user_attr("mlflow_run_id", child.info.run_id)
+        trial.set_user_attr("towerops.worker", WORKER)  # which host and process ran it (shared studies)
+        mlflow.set_tag("towerops.worker", WORKER)
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in cfg.flat_params().items()})
         mlflow.log_param("optuna.trial", trial.number)
         callbacks, values = _objective_callbacks(trial, spec.metric, st.ranking, mlflow_epoch_callback(child.info.run_id))
@@ -177,8 +352,20 @@ def _run_trial(st: _Study, trial: Any) -> float:
     return value
 
 
-def _record_best(study: Any, st: _Study, out_path: Path) -> tuple[Any, dict[str, Any], str, dict[str, int]]:
-    """Trial counts, the best trial's config written to `out_path` and logged, trials.csv; in the parent run."""
+def _all_done(study: Any) -> bool:
+    """No trial of a shared study is still running or waiting (this worker finishes the study)."""
+    import optuna
+
+    busy = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    return not study.get_trials(deepcopy=False, states=busy)
+
+
+def _record_best(study: Any, st: _Study, out_path: Path, on_parent: bool = True, shared: bool = False
+                 ) -> tuple[Any, dict[str, Any], str, dict[str, int]]:
+    """Trial counts, the best trial's config written to `out_path` and logged, trials.csv; in the parent run.
+
+    `on_parent=False` (a shared study whose other workers still run trials): only the counts
+    and `out_path`; the worker that finishes the study logs the final best on the parent."""
     import mlflow
     import optuna
 
@@ -194,8 +381,16 @@ def _record_best(study: Any, st: _Study, out_path: Path) -> tuple[Any, dict[str,
     best_params = {k: by_name[k].decode(v) for k, v in best.params.items()}
     best_config = apply_params(st.base, best_params)
     out_path.write_text(json.dumps(best_config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if not on_parent:
+        log.info("tuning: other workers still run trials of the study; the last to finish logs the best on the "
+                 "parent run")
+        return best, best_params, best.user_attrs.get("mlflow_run_id", ""), states
     mlflow.log_dict(best_config.to_dict(), "best_config.json")
-    mlflow.log_params({f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in best_params.items()})
+    shown = {f"best.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in best_params.items()}
+    if shared:  # a later worker may find a better trial: tags can be updated, params cannot
+        mlflow.set_tags({k: str(v) for k, v in shown.items()})
+    else:
+        mlflow.log_params(shown)
     mlflow.log_metric(f"best_{spec.metric}", float(best.value))
     best_run = best.user_attrs.get("mlflow_run_id", "")
     mlflow.set_tags({"towerops.best_trial": str(best.number), "towerops.best_trial_run_id": best_run})
@@ -207,6 +402,58 @@ def _record_best(study: Any, st: _Study, out_path: Path) -> tuple[Any, dict[str,
     except Exception as exc:  # noqa: BLE001 - the table is a convenience, the result stands
         log.warning("could not log trials.csv: %s", exc)
     return best, best_params, best_run, states
+
+
+def _shared_study(storage: str | None, study_name: str | None) -> SharedStudy | None:
+    """The shared study's storage (env:VAR resolved), or None for a study of this process only."""
+    from ml.secrets import resolve_secret_ref
+    from ml.training.tuning import DEFAULT_STUDY_NAME
+
+    if not storage:
+        return None
+    url = resolve_secret_ref(storage, "tuning storage") or ""
+    if "://" not in url:
+        raise ValueError("tuning storage must be an SQLAlchemy URL such as postgresql://user@host:5432/optuna "
+                         "(or env:VAR naming one)")
+    return SharedStudy(url, study_name or DEFAULT_STUDY_NAME)
+
+
+def _shared_parent(shared: SharedStudy, run_name: str, experiment: str | None) -> tuple[Any, bool]:
+    """(the active parent run, whether this worker created it): the run tagged towerops.study=<name>
+    in the experiment, found or created under the study's lock so there is one."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml.settings import ensure_tracking_uri
+    from ml.tracking.runs import DEFAULT_EXPERIMENT, set_experiment
+
+    uri = ensure_tracking_uri()
+    own = os.environ.get("MLFLOW_RUN_ID")  # inside `mlflow run`: this worker's entry-point run
+    client = MlflowClient()
+    with shared.lock():
+        if own:
+            experiment_id = client.get_run(own).info.experiment_id
+        else:
+            set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, uri)
+            experiment_id = mlflow.get_experiment_by_name(
+                experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT).experiment_id
+        name = shared.name.replace("'", "\\'")
+        found = client.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{name}' and tags.`towerops.step` = 'tune'",
+                                   max_results=1, order_by=["attributes.start_time ASC"])
+        created = not found
+        if found:
+            parent_id = found[0].info.run_id
+            if own and own != parent_id:  # the entry-point run points at the study's parent
+                client.set_tag(own, "towerops.study_parent_run_id", parent_id)
+        elif own:
+            parent_id = own
+            for key, value in {STUDY_TAG: shared.name, "towerops.step": "tune"}.items():
+                client.set_tag(own, key, value)
+        else:
+            parent_id = client.create_run(experiment_id, run_name=run_name,
+                                          tags={STUDY_TAG: shared.name, "towerops.step": "tune"}).info.run_id
+    log.info("tuning: %s parent run %s of study %r", "created" if created else "joined", parent_id, shared.name)
+    return mlflow.start_run(run_id=parent_id), created
 
 
 def _tuning_spec(path: str | Path | None, n_trials: int | None, timeout_s: float | None) -> Any:
@@ -235,39 +482,58 @@ def run_tuning(
     out: str | Path = "best_config.json",
     run_name: str = "tune",
     experiment: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> TuneResult:
     """Validate everything, then run the Optuna study inside an MLflow run (trials nested).
 
     Trials are scored on the validation part of the time split (early stopping too); the
-    test part, which offline evaluation and the gate use, is never read here.
+    test part, which offline evaluation and the gate use, is never read here. With `storage`
+    (an Optuna RDB URL, e.g. postgresql://..., or env:VAR; default the tuning file's
+    `storage`) the study lives in that database under `study_name`: workers on several hosts
+    run this same call, share its n_trials, and nest their trials under one parent run that
+    they find by the tag towerops.study=<study name>.
     """
     import mlflow
 
     from ml.tracking.runs import guard_tracking_loss, start_run
 
-    st, out_path, fingerprint = _prepare_study(data, tuning_path, config_path, overrides, n_trials, timeout_s, out)
+    st, out_path, fingerprint = _prepare_study(data, tuning_path, config_path, overrides, n_trials, timeout_s, out,
+                                               storage, study_name)
     spec, base = st.spec, st.base
+    shared = _shared_study(storage or spec.storage, study_name or spec.study_name)
     log.info("tuning: %d trials max%s, objective %s (%s), %d parameters: %s", spec.n_trials,
              f", {spec.timeout_s:g}s budget" if spec.timeout_s else "", spec.metric, spec.direction, len(spec.space),
              ", ".join(f"{p.name} {p.describe()}" for p in spec.space))
+    params = {
+        "tune.n_trials": spec.n_trials, "tune.timeout_s": spec.timeout_s, "tune.metric": spec.metric,
+        "tune.direction": spec.direction, "tune.sampler": spec.sampler, "tune.seed": spec.seed,
+        "tune.pruner": spec.pruner, "tune.trial_epochs": spec.trial_epochs or base.training.epochs,
+        "data.hash": fingerprint["hash"],
+        **{f"space.{p.name}": p.describe() for p in spec.space},
+    }
     try:
-        with guard_tracking_loss(start_run(run_name=run_name, experiment=experiment,
-                                           tags={"towerops.step": "tune"})) as parent:
+        if shared is None:
+            active = start_run(run_name=run_name, experiment=experiment, tags={"towerops.step": "tune"})
+            created = True
+        else:
+            study = shared.open(spec, _study_key(spec, base, fingerprint))
+            active, created = _shared_parent(shared, run_name, experiment)
+            params = {**params, "tune.storage": shared.shown, "tune.study_name": shared.name}
+            params.pop("tune.timeout_s")  # each worker has its own budget
+        with guard_tracking_loss(active) as parent:
             parent_id = parent.info.run_id
-            mlflow.log_params({
-                "tune.n_trials": spec.n_trials, "tune.timeout_s": spec.timeout_s, "tune.metric": spec.metric,
-                "tune.direction": spec.direction, "tune.sampler": spec.sampler, "tune.seed": spec.seed,
-                "tune.pruner": spec.pruner, "tune.trial_epochs": spec.trial_epochs or base.training.epochs,
-                "data.hash": fingerprint["hash"],
-                **{f"space.{p.name}": p.describe() for p in spec.space},
-            })
-            mlflow.set_tags({"towerops.data_hash": fingerprint["hash"], **st.distribution.tags()})
-            mlflow.log_dict(spec.to_dict(), "tuning.json")
-            mlflow.log_dict(base.to_dict(), "base_config.json")
-            study = _make_study(spec, f"towerops-{parent_id}")
-            study.optimize(lambda trial: _run_trial(st, trial), n_trials=spec.n_trials, timeout=spec.timeout_s,
-                           gc_after_trial=True)
-            best, best_params, best_run, states = _record_best(study, st, out_path)
+            if created:
+                mlflow.log_params(params)
+                mlflow.set_tags({"towerops.data_hash": fingerprint["hash"], **st.distribution.tags()})
+                mlflow.log_dict(spec.to_dict(), "tuning.json")
+                mlflow.log_dict(base.to_dict(), "base_config.json")
+            if shared is None:
+                study = _make_study(spec, f"towerops-{parent_id}")
+            _optimize(study, st, shared)
+            best, best_params, best_run, states = _record_best(study, st, out_path,
+                                                               on_parent=shared is None or _all_done(study),
+                                                               shared=shared is not None)
             log.info("tuning finished: best trial %d %s=%.4f %s; wrote %s", best.number, spec.metric, best.value,
                      best_params, out_path)
     finally:

@@ -62,7 +62,10 @@ class PreparedData:
 
 
 class EpochProgress:
-    """Keras callback: one line per epoch on the terminal and in logs/training.log."""
+    """Keras callback: one line per epoch on the terminal and in logs/training.log.
+
+    The line carries the epoch's wall time and the process CPU time it used: on a shared
+    machine the CPU seconds say how much work the epoch was when the wall time is noisy."""
 
     def __new__(cls, total_epochs: int):
         import keras
@@ -72,13 +75,14 @@ class EpochProgress:
                 self._t0 = time.time()
 
             def on_epoch_begin(self, epoch, logs=None):
-                self._te = time.time()
+                self._te, self._ce = time.time(), time.process_time()
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
                 shown = " ".join(f"{k}={metric_text(v, why='undefined this epoch')}" for k, v in sorted(logs.items())
                                  if isinstance(v, (int, float)))
-                log.info("epoch %d/%d (%.1fs) %s", epoch + 1, total_epochs, time.time() - self._te, shown)
+                log.info("epoch %d/%d (%.2fs, cpu %.2fs) %s", epoch + 1, total_epochs, time.time() - self._te,
+                         time.process_time() - self._ce, shown)
 
         return _Progress()
 
@@ -97,6 +101,7 @@ class TwoTowerTrainer:
         self.prepared: PreparedData | None = None
         self.history: dict[str, list[float]] = {}
         self.best_epoch: int | None = None
+        self.timings: dict[str, float] = {}  # seconds per phase of train(): prepare, fit, export (bench/train.py)
 
     # ------------------------------------------------------------------ data
     def prepare(self, dataset: Dataset) -> PreparedData:
@@ -233,7 +238,10 @@ class TwoTowerTrainer:
                                                      n_users=n_users, seed=cfg.training.seed)
             model.compile(optimizer=decoupled_weight_decay_optimizer(cfg.training.learning_rate,
                                                                      cfg.model.l2_regularization),
-                          jit_compile=cfg.training.jit_compile)
+                          jit_compile=cfg.training.jit_compile,
+                          # one step per call under a strategy: Keras' multi-step loop over a distributed
+                          # iterator fails there ("You must feed a value for placeholder tensor ...")
+                          steps_per_execution=cfg.training.steps_per_execution if strategy is None else 1)
         return model
 
     def fit(self, x_train: dict, y_train: np.ndarray, valid: tuple[dict, np.ndarray] | None) -> dict[str, list[float]]:
@@ -259,10 +267,16 @@ class TwoTowerTrainer:
         if dist.distributed:
             self.history = self._fit_distributed(dist, x_train, y_train, valid, callbacks)
         else:
+            # one tf.data pipeline: the arrays become tensors once, each batch is one gather of shuffled rows
+            # inside TensorFlow (no per-step numpy slicing or Python work), prefetched while the step trains
             batch_size = min(cfg.batch_size, len(y_train))
-            log.info("training %d epochs max, batch %d, %d examples", cfg.epochs, batch_size, len(y_train))
-            hist = self.model.fit(x_train, y_train, batch_size=batch_size, epochs=cfg.epochs, validation_data=valid,
-                                  shuffle=True, verbose=0, callbacks=callbacks)
+            train_ds = _batched_dataset(x_train, y_train, batch_size, shuffle_seed=cfg.seed, drop_remainder=False)
+            val_ds = None if valid is None else _batched_dataset(valid[0], valid[1], min(cfg.batch_size, len(valid[1])),
+                                                                 shuffle_seed=None, drop_remainder=False)
+            log.info("training %d epochs max, batch %d, %d examples, %d steps per execution%s", cfg.epochs, batch_size,
+                     len(y_train), cfg.steps_per_execution, ", XLA" if cfg.jit_compile else "")
+            hist = self.model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, verbose=0, callbacks=callbacks,
+                                  shuffle=False)  # the pipeline shuffles (Keras warns otherwise)
             self.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         series = self.history.get(monitor, [])
         self.best_epoch = int(np.argmin(series)) if series else None
@@ -346,11 +360,15 @@ class TwoTowerTrainer:
                      dist.plan.describe(), scratch, self.model_dir)
             self.model_dir = scratch
         try:
+            t0 = time.perf_counter()
             prepared = self.prepare(dataset)
             x_train, y_train, valid = self.training_arrays(prepared)
+            t1 = time.perf_counter()
             history = self.fit(x_train, y_train, valid)
+            t2 = time.perf_counter()
             if dist.is_chief:
                 export_bundle(self, dataset, fingerprint=dict(data_fingerprint or dataset_fingerprint(dataset)))
+            self.timings = {"prepare": t1 - t0, "fit": t2 - t1, "export": time.perf_counter() - t2}
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -389,7 +407,10 @@ def _eval_batch(batch_size: int, n_rows: int, n_replicas: int) -> int:
 
 
 def _batched_dataset(x: dict, y: np.ndarray, batch: int, shuffle_seed: int | None, drop_remainder: bool):
-    """Global batches of (x, y) as a tf.data pipeline that tf.distribute shards by DATA."""
+    """Global batches of (x, y) as a tf.data pipeline that tf.distribute shards by DATA.
+
+    The arrays become constants once; the pipeline shuffles row indices (cheap), and one
+    vectorised gather per batch and tensor builds the batch, prefetched ahead of the step."""
     import tensorflow as tf
 
     n = len(y)

@@ -38,6 +38,7 @@ from ml.config import (
     validate_config,
 )
 from ml.logs import get_logger
+from ml.secrets import describe_secret
 
 log = get_logger("training")
 
@@ -54,6 +55,25 @@ _INT_PARAMS = {"batch_size"}
 _LIST_PARAMS = {"hidden_units"}
 _MINIMIZE = {"val_loss", "val_retrieval_loss", "val_rating_loss"}
 DEFAULT_METRIC = "val_ndcg_at_10"
+DEFAULT_STUDY_NAME = "towerops-tune"
+"""The study name workers share when `--storage` is given without `--study-name`."""
+
+
+def check_storage_ref(value: str | None) -> str | None:
+    """A storage URL as written in a file: env:VAR, or an SQLAlchemy URL without a password.
+
+    Why: tuning files and towerops.yaml are committed and shown by `towerops config show`;
+    the password of a shared PostgreSQL belongs in the environment."""
+    from ml.secrets import is_secret_ref, mask_dsn
+
+    if value is None or is_secret_ref(value):
+        return value
+    if mask_dsn(value) != value:  # the message never repeats the value
+        raise KeyProblem("holds a password: never write secrets in a config file; put the storage URL in an "
+                         "environment variable and write env:VAR here (e.g. env:TOWEROPS_TUNING_STORAGE)")
+    if "://" not in value:
+        raise KeyProblem("must be an SQLAlchemy URL such as postgresql://user@host:5432/optuna (or env:VAR naming one)")
+    return value
 
 
 # ------------------------------------------------------------------- spec
@@ -219,6 +239,15 @@ class TuningFile(StrictModel):
         default_factory=lambda: {n: ParamSpec(name=n, **v) for n, v in copy.deepcopy(DEFAULT_SPACE).items()})
     enqueue_trials: list[dict[str, Any]] | None = Field(
         None, description="points tried first; default: the seed's point when the default space is searched")
+    storage: str | None = Field(None, description="Optuna RDB storage shared by workers on several hosts, e.g. "
+                                                  "env:TOWEROPS_TUNING_STORAGE naming a postgresql:// URL")
+    study_name: str | None = Field(None, min_length=1, max_length=200,
+                                   description=f"the study every worker joins (default {DEFAULT_STUDY_NAME!r})")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_secret_free(cls, value: str | None) -> str | None:
+        return check_storage_ref(value)
 
     @field_validator("search_space", mode="before")
     @classmethod
@@ -266,6 +295,8 @@ class TuningSpec:
     pruner_interval_steps: int = 1
     enqueue: tuple[dict[str, Any], ...] = ()
     source: str = "<dict>"
+    storage: str | None = None      # as written (env:VAR or a URL); resolved only when the study opens
+    study_name: str | None = None
 
     @classmethod
     def from_file(cls, f: TuningFile, source: str = "<dict>") -> "TuningSpec":
@@ -274,7 +305,7 @@ class TuningSpec:
                    seed=f.sampler.seed, sampler_startup_trials=f.sampler.n_startup_trials, pruner=f.pruner.type,
                    pruner_startup_trials=f.pruner.n_startup_trials, pruner_warmup_steps=f.pruner.n_warmup_steps,
                    pruner_interval_steps=f.pruner.interval_steps, enqueue=tuple(f.enqueue_trials or ()),
-                   source=source)
+                   source=source, storage=f.storage, study_name=f.study_name)
 
     @property
     def direction(self) -> str:
@@ -294,7 +325,16 @@ class TuningSpec:
                        "n_warmup_steps": self.pruner_warmup_steps, "interval_steps": self.pruner_interval_steps},
             "search_space": {p.name: p.to_dict() for p in self.space},
             "enqueue_trials": [dict(e) for e in self.enqueue],
+            **({"storage": describe_secret(self.storage)} if self.storage else {}),
+            **({"study_name": self.study_name} if self.study_name else {}),
         }
+
+    def study_key(self) -> dict[str, Any]:
+        """What every worker of one shared study must agree on (not the per-worker time budget or storage)."""
+        key = self.to_dict()
+        for k in ("timeout_s", "storage", "study_name"):
+            key.pop(k, None)
+        return key
 
 
 def _ranking_match(metric: str) -> re.Match | None:

@@ -232,10 +232,10 @@ def test_entry_points_chain_and_exit_codes(chain: Chain, monkeypatch) -> None:
     proc = chain.mlflow_run("promote", run_id=train2.info.run_id)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reg = chain.registry(monkeypatch)
-    assert reg.alias_version("production") == "2" and reg.version("2").tags["semver"] == "1.1.0"
+    assert reg.alias_version("production") == "2" and reg.version("2").tags["semver"] == "2.0.0"  # a retrain: a new major
     promoted = reg.history(1)[0]
     assert (promoted.action, promoted.version, promoted.trigger, promoted.gate_passed) == ("promote", "2", "mlflow_run", True)
-    _assert_deployed(chain, "v1.1.0", "2", train2.info.run_id)
+    _assert_deployed(chain, "v2.0.0", "2", train2.info.run_id)
 
     from ml.data.loaders import load_dataset
     from ml.evaluation.evaluate import evaluate_bundle

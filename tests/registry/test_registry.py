@@ -19,7 +19,9 @@ from support.servers import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GATE = {"absolute": {"ndcg_at_10": 0.02}, "relative": {"ndcg_at_10": 0.05}}
+# relative 0.15: two seeds of the same tiny config on the same 300 users differ by up to ~6% in NDCG@10
+# (5.6% seen), so "good2" must pass against "good1"; "bad" (1 epoch at lr 1e-7) fails both figures by far
+GATE = {"absolute": {"ndcg_at_10": 0.02}, "relative": {"ndcg_at_10": 0.15}}
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +80,11 @@ def _versions(reg, env, *names):
 def test_register_semver_tags_and_lineage(env) -> None:
     reg = _registry(env)
     v1, v2 = _versions(reg, env, "good1", "good2")
-    again = reg.register(env["runs"]["good1"]).version       # same run again: metadata-only
+    again = reg.register(env["runs"]["good1"]).version       # same run again: metadata-only, in good1's major
     tags = {v: reg.version(v).tags for v in (v1, v2, again)}
-    assert [tags[v]["semver"] for v in (v1, v2, again)] == ["1.0.0", "1.1.0", "1.1.1"]
+    # another training run is a new embedding space (major); good1 again a patch of 1.0.0
+    assert [tags[v]["semver"] for v in (v1, v2, again)] == ["1.0.0", "2.0.0", "1.0.1"]
+    assert tags[v1]["towers_fingerprint"] and tags[v1]["towers_fingerprint"] != tags[v2]["towers_fingerprint"]
     assert tags[v1]["embedding_dim"] == "32" and len(tags[v1]["data_hash"]) == 64
     assert tags[v1]["feature_schema_hash"] and tags[v1]["stage"] == "none"
     assert reg.version(v1).run_id == env["runs"]["good1"]

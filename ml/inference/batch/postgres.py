@@ -23,6 +23,7 @@ log = get_logger("inference")
 FLOAT4_OID, TEXT_OID = 700, 25  # PostgreSQL type oids in binary COPY arrays
 TABLES = ("user_embeddings", "item_embeddings", "recommendations")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+COPY_READ_SIZE = 1 << 20  # bytes psycopg2 reads from the COPY stream at a time (its default, 8 KiB, is slow)
 
 
 # ---------------------------------------------------------------------------- postgres
@@ -32,20 +33,24 @@ class _ChunkReader(io.RawIOBase):
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it = iter(chunks)
         self._buf = b""
+        self._pos = 0  # read offset into _buf: slicing the rest off on every read would copy a chunk per read
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buf) < size:
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            data = self._buf[self._pos:] + b"".join(self._it)
+            self._buf, self._pos = b"", 0
+            return data
+        while len(self._buf) - self._pos < size:
             try:
-                self._buf += next(self._it)
+                chunk = next(self._it)
             except StopIteration:
                 break
-        if size < 0:
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:size], self._buf[size:]
+            self._buf, self._pos = self._buf[self._pos:] + chunk, 0  # the rest is < size: linear overall
+        data = self._buf[self._pos:self._pos + size]
+        self._pos += len(data)
         return data
 
 
@@ -255,13 +260,15 @@ def _load_tables(conn: Any, cur: Any, target: _Target, vdir: Path, dim: int, vec
         ids = pf.column(key).to_pylist()
         flat = pf.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         emb = np.asarray(flat, dtype=np.float32).reshape(len(ids), dim)
-        cur.copy_expert(sql.SQL(copy).format(table).as_string(conn), _ChunkReader(_embedding_copy_stream(ids, emb, vector)))
+        cur.copy_expert(sql.SQL(copy).format(table).as_string(conn), _ChunkReader(_embedding_copy_stream(ids, emb, vector)),
+                        size=COPY_READ_SIZE)
         cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(table, sql.Identifier(key)))
     table = q(target.tables["recommendations"])
     cur.execute(sql.SQL("CREATE TABLE {} (user_id text NOT NULL, items text[] NOT NULL, scores float4[] NOT NULL)")
                 .format(table))
     recs = pq.read_table(vdir / "recommendations.parquet")
-    cur.copy_expert(sql.SQL(copy).format(table).as_string(conn), _ChunkReader(_recommendation_copy_stream(recs)))
+    cur.copy_expert(sql.SQL(copy).format(table).as_string(conn), _ChunkReader(_recommendation_copy_stream(recs)),
+                    size=COPY_READ_SIZE)
     cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (user_id)").format(table))
 
 

@@ -163,3 +163,49 @@ def test_cli_ab_analyze_and_assign(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[0] == "user_id,arm,bucket"
     assert res.output.splitlines()[1].startswith(f"u1,{assign_arm('u1', 'control=50,treatment=50', 'exp-1')},")
+
+
+# ---------------------------------------------------------------- outcomes from the serving log
+def _log(path, lines) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    return str(path)
+
+
+def _line(user, arm, version="1", ts="2026-12-01T10:00:00.000Z", **extra) -> dict:
+    return {"ts": ts, "user_id": user, "top_k": 2, "items": ["i1", "i2"], "scores": [0.5, 0.4], "latency_ms": 1.0,
+            "model_version": version, "status": "ok", "arm": arm, "shadow": False, **extra}
+
+
+def test_outcomes_from_log_take_the_arm_from_the_log_and_skip_shadow_error_and_early_swipes(tmp_path):
+    from ml.evaluation.abtest import outcomes_from_log
+
+    log = _log(tmp_path / "p.jsonl", [
+        _line("a", "control"), _line("b", "treatment", "2"), _line("b", "treatment", "2"),
+        _line("a", "treatment", "2", shadow=True),              # never shown: not an assignment
+        _line("c", "treatment", "2", status="error"),           # refused: not served
+        _line(None, "control"),                                 # anonymous
+    ])
+    swipes = tmp_path / "swipes.csv"
+    pd.DataFrame({"user_id": ["a", "a", "b", "c", "z", "b"], "item_id": ["i1", "i2", "i1", "i1", "i1", "i2"],
+                  "decision": ["like", "nope", "like", "like", "like", "nope"],
+                  "ts": ["2026-12-01T11:00:00Z"] * 5 + ["2026-11-30T09:00:00Z"]}).to_csv(swipes, index=False)
+    frame, logged, notes = outcomes_from_log(log, swipes)
+    assert sorted(zip(frame["user_id"], frame["arm"], frame["liked"])) == [
+        ("a", "control", 0), ("a", "control", 1), ("b", "treatment", 1)]
+    assert logged.versions == {"control": ["1"], "treatment": ["2"]} and logged.lines == 3
+    assert any("2 of 6 swipe(s)" in n for n in notes) and any("before the user's first" in n for n in notes)
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([_line("a", "control"), _line("a", "treatment")], "user 'a' was served arm 'treatment' here and 'control'"),
+    ([_line("a", None)], "no answered A/B lines"),
+])
+def test_a_log_that_cannot_be_analysed_is_refused(tmp_path, lines, message):
+    from ml.evaluation.abtest import outcomes_from_log
+
+    swipes = tmp_path / "s.csv"
+    pd.DataFrame({"user_id": ["a"], "item_id": ["i1"], "decision": ["like"]}).to_csv(swipes, index=False)
+    with pytest.raises(ValueError, match=message):
+        outcomes_from_log(_log(tmp_path / "p.jsonl", lines), swipes)

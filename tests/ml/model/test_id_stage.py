@@ -40,6 +40,25 @@ def test_id_dropout_only_while_training() -> None:
     assert (dropped == ITEM_TABLE[2]).all(axis=1).mean() > 0.9   # sent to the OOV row
 
 
+def test_history_dropout_pools_a_subset_only_while_training() -> None:
+    table = np.eye(8, dtype="float32")                       # item k -> unit vector k: the pool shows who was kept
+    stage = IdStage(n_items=7, n_users=1, dim=8, history_dropout=0.5, seed=3)
+    stage.item_table.assign(table)
+    liked = np.tile(np.arange(7, dtype="int32"), (256, 1))   # every row: items 0..6
+    nopes = np.full((256, 1), -1, "int32")
+    users = np.zeros(256, "int32")
+    served = np.asarray(stage.user_vectors(users, liked, nopes, training=False))[:, :8]
+    np.testing.assert_allclose(served, np.tile(np.r_[np.full(7, 1 / 7), 0], (256, 1)), rtol=1e-6)  # whole history
+    trained = np.asarray(stage.user_vectors(users, liked, nopes, training=True))[:, :8]
+    kept = trained > 0
+    assert 0.35 < kept.mean(axis=0)[:7].mean() < 0.65                 # about half of the ids survive
+    assert len({tuple(r) for r in kept}) > 50                          # a different subset per row
+    rows = kept.any(axis=1)                                            # a kept subset is pooled as its mean
+    np.testing.assert_allclose(trained[rows].sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="history_dropout=1.0"):
+        IdStage(n_items=2, n_users=2, dim=2, history_dropout=1.0)
+
+
 def test_exported_tables_put_the_oov_row_on_cold_rows() -> None:
     tables = IdTables(ITEM_TABLE, USER_TABLE).with_cold_rows_as_oov(np.array([True, False]), np.array([False, True]))
     np.testing.assert_array_equal(tables.item, [[1, 0], [5, 5], [5, 5]])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ml.bundle.load import load_bundle
+from ml.config import ModelConfig
 from ml.data.split import time_split_per_user
 from ml.inference.engine import InferenceRequestError, RealtimeInferenceEngine, create_standard_inference_engine
 from ml.training.trainer import create_standard_trainer
@@ -53,8 +54,9 @@ def test_bundle_holds_every_part(tiny_model_dir) -> None:
     assert health <= set(meta["final_metrics"]) and health <= set(meta["health"])
     assert 0 <= meta["health"]["health_dead_unit_share"] <= 1 and meta["health"]["health_item_effective_rank"] > 1
     bundle = load_bundle(tiny_model_dir)
-    assert bundle.id_tables.dim == meta["id_embedding_dim"] == 64
-    assert bundle.id_tables.item.shape == (201, 64) and bundle.id_tables.user.shape == (301, 64)
+    d = ModelConfig().id_embedding_dim                       # TINY_CONFIG keeps the default ID width
+    assert bundle.id_tables.dim == meta["id_embedding_dim"] == d
+    assert bundle.id_tables.item.shape == (201, d) and bundle.id_tables.user.shape == (301, d)
 
 
 def test_cold_item_and_user_fall_back_to_the_oov_row(tiny_synth, tiny_config, tmp_path) -> None:

@@ -154,7 +154,7 @@ def test_promote_deploys_rollback_repoints_and_sync_is_a_noop(registry_env) -> N
 
     second = reg.promote(v2, force=True, reason="test", data=registry_env["data"])
     assert second.deployment.activated and second.deployment.previous == "v1.0.0"
-    assert _active(registry_env["dsn"], name) == [("v1.0.0", str(v1), False, True), ("v1.1.0", str(v2), True, True)]
+    assert _active(registry_env["dsn"], name) == [("v1.0.0", str(v1), False, True), ("v2.0.0", str(v2), True, True)]
 
     back = reg.rollback(reason="bad online metrics")
     assert back.version == str(v1)
