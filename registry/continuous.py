@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ml.logs import get_logger
+from registry.stages import metrics_from_tags
 
 log = get_logger("deployment")
 
@@ -109,7 +110,7 @@ def catalog_refresh(items: Any, registry: Any = None, model: str | None = None, 
                                        tags={"towerops.step": "catalog_refresh_pipeline"})) as parent:
         run = catalog_refresh_run(model, items, nested=True)
         base_mv = registry.version(holder) if holder else None
-        mv = registry.register(run.run_id, metrics=_metric_tags(base_mv), trigger=trigger, actor=actor,
+        mv = registry.register(run.run_id, metrics=metrics_from_tags(getattr(base_mv, "tags", None)), trigger=trigger, actor=actor,
                                description=f"catalog refresh of {model}: +{run.refresh.n_added} new, "
                                            f"{run.refresh.n_changed} changed, {run.refresh.n_removed} removed")
         semver, bump = mv.tags.get("semver"), mv.tags.get("semver_bump")
@@ -130,17 +131,6 @@ def catalog_refresh(items: Any, registry: Any = None, model: str | None = None, 
         log.info("catalog refresh: %s v%s (%s, %s) from %s; parent run %s", registry.name, mv.version, semver, bump,
                  model, parent.info.run_id)
     return result
-
-
-def _metric_tags(mv: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in (getattr(mv, "tags", None) or {}).items():
-        if k.startswith("metric."):
-            try:
-                out[k[len("metric."):]] = float(v)
-            except ValueError:
-                continue
-    return out
 
 
 @dataclass

@@ -31,6 +31,19 @@ STAGES = ("staging", "production", "archived")
 ALIASES = ("staging", "production")
 STAGE_TAG = "stage"
 TRIGGERS = ("cli", "mlflow_run", "webhook", "reconcile", "api", "main", "monitoring", "catalog_refresh", "retrain")
+METRIC_TAG_PREFIX = "metric."  # version tags `metric.<name>` that `register` writes from the evaluation
+
+
+def metrics_from_tags(tags: Mapping[str, str] | None) -> dict[str, float]:
+    """The evaluation metrics a version carries as `metric.<name>` tags (non-numbers skipped)."""
+    out: dict[str, float] = {}
+    for k, v in (tags or {}).items():
+        if k.startswith(METRIC_TAG_PREFIX):
+            try:
+                out[k[len(METRIC_TAG_PREFIX):]] = float(v)
+            except ValueError:
+                continue
+    return out
 
 
 class GateFailed(RuntimeError):
@@ -212,7 +225,7 @@ class ModelRegistry:
                 version_tags["eval_set"] = f"runs:/{run_id}/{tags['towerops.eval_set']}"
                 version_tags["eval_set_hash"] = tags.get("towerops.eval_set_hash", "")
             for k, v in (metrics or {}).items():
-                version_tags[f"metric.{k}"] = f"{float(v):.6g}"
+                version_tags[f"{METRIC_TAG_PREFIX}{k}"] = f"{float(v):.6g}"
             if eval_data_hash:
                 version_tags["eval_data_hash"] = eval_data_hash
             mv = mlflow.register_model(model_uri, self.name, tags=version_tags)

@@ -18,19 +18,9 @@ from registry.deploy.config import DeployConfig, load_deploy_config
 from registry.deploy.deployer import SupabaseDeployer
 from registry.deploy.result import DeployResult, version_folder
 from registry.deploy.staging import staging_dir
+from registry.stages import metrics_from_tags
 
 log = get_logger("deployment")
-
-def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
-    out = {}
-    for k, v in tags.items():
-        if k.startswith("metric."):
-            try:
-                out[k[len("metric."):]] = float(v)
-            except ValueError:
-                continue
-    return out
-
 
 class RegistryDeployHook:
     """`hook(model_name, version, model_version)` for `ModelRegistry.deploy_hook`."""
@@ -158,7 +148,7 @@ def sync_registry_version(model_name: str, version: str, model_version: Any, con
             return deployer.deploy_model(
                 bundle, folder, description=getattr(model_version, "description", None) or None,
                 model_name=model_name, registry_version=str(version), run_id=getattr(model_version, "run_id", None),
-                metrics=_metrics_from_tags(tags) or None, activate=activate, action=action, stack=stack,
+                metrics=metrics_from_tags(tags) or None, activate=activate, action=action, stack=stack,
                 precondition=precondition, source=f"models:/{model_name}/{version}")
     finally:
         deployer.close()

@@ -151,3 +151,39 @@ def tiny_data_dir(tiny_synth, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     write_synthetic(tiny_synth, out)
     return out
+
+
+# ----------------------------------------------------------------- towerops serve
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (started with start_new_session), SIGKILL if it lingers."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def start_scoring_server(argv_for_port: Callable[[int], list[str]], env: dict[str, str],
+                         log_path: Path, port: int, timeout: float = 240.0) -> tuple[subprocess.Popen, str]:
+    """`towerops serve ...` (argv for `port`) once /ping answers; PortClash when the port was taken meanwhile
+    (for `start_on_free_port`); the server's log tail when it exits or never answers."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv_for_port(port), cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            text = log_path.read_text(errors="replace")
+            if is_port_clash(text):
+                raise PortClash(f"port {port} taken")
+            raise RuntimeError(f"server exited: {text[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if time.time() > deadline:
+            stop_process_group(proc)
+            raise TimeoutError(f"no /ping after {timeout:.0f}s: {log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)

@@ -9,17 +9,15 @@ the server keeps serving; requests land in the prediction log and logs/inference
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
-from support.helpers import REPO_ROOT, PortClash, is_port_clash, mlflow_env, start_on_free_port
+from support.helpers import mlflow_env, start_on_free_port
+from support.servers import start_scoring_server, stop_process_group
 
 from ml.inference.engine import RealtimeInferenceEngine
 
@@ -64,43 +62,15 @@ def server(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     version = json.loads(reg.stdout.strip().splitlines()[-1])["version"]
     log_path = work / "serve.log"
 
-    def start(port: int) -> tuple[subprocess.Popen, str]:
-        """`towerops serve` on `port`, once /ping answers; PortClash if the port was taken meanwhile."""
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model-uri",
-                                     "models:/two_tower@production", "--port", str(port)],
-                                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                text = log_path.read_text(errors="replace")
-                if is_port_clash(text):
-                    raise PortClash(f"port {port} taken")
-                raise RuntimeError(f"server exited: {text[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    return proc, url
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                _stop(proc)
-                raise TimeoutError(f"no /ping after 240s: {log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "pipelines.cli", "serve", "--model-uri", "models:/two_tower@production",
+                "--port", str(port)]
 
-    proc, url = start_on_free_port(start)
+    proc, url = start_on_free_port(lambda port: start_scoring_server(argv, env, log_path, port))
     try:
         yield Server(url, work, env, version, proc)
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 @pytest.fixture(scope="module")

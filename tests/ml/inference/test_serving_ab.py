@@ -15,14 +15,14 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 import pytest
 import requests
-from support.helpers import REPO_ROOT, PortClash, is_port_clash, mlflow_env, start_on_free_port
+from support.helpers import REPO_ROOT, mlflow_env, start_on_free_port
+from support.servers import start_scoring_server, stop_process_group
 from typer.testing import CliRunner
 
 from ml.inference.engine import RealtimeInferenceEngine
@@ -72,40 +72,12 @@ def server(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert reg.returncode == 0, reg.stderr[-3000:]
     log_path = work / "serve.log"
 
-    def start(port: int) -> tuple[subprocess.Popen, str]:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(_serve_cmd("--port", str(port)), cwd=REPO_ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                text = log_path.read_text(errors="replace")
-                if is_port_clash(text):
-                    raise PortClash(f"port {port} taken")
-                raise RuntimeError(f"server exited: {text[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    return proc, url
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                proc.kill()
-                raise TimeoutError(f"no /ping after 240s: {log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
-
-    proc, url = start_on_free_port(start)
+    proc, url = start_on_free_port(
+        lambda port: start_scoring_server(lambda p: _serve_cmd("--port", str(p)), env, log_path, port))
     try:
         yield Server(url, work, env, proc)
     finally:
-        import os
-        import signal
-
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 def _ab_assign(users: list[str]) -> dict[str, str]:
