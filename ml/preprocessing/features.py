@@ -63,6 +63,14 @@ class ColumnScaler:
                              "the feature pipeline and the data disagree, refit the model")
         return ((matrix - self.mean) / self.scale).astype(np.float32)
 
+    def transform_(self, matrix: np.ndarray) -> np.ndarray:
+        """`transform` in place on a float32 matrix (the same values, no copy)."""
+        if matrix.dtype != np.float32 or matrix.shape[-1] != len(self.mean):
+            return self.transform(matrix)
+        matrix -= self.mean
+        matrix /= self.scale
+        return matrix
+
 
 @dataclass
 class _Scaler:
@@ -97,8 +105,10 @@ def _item_numerics(items: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def _one_hot(values: Sequence[str], index: dict[str, int], width: int) -> np.ndarray:
-    out = np.zeros((len(values), width), dtype=np.float32)
+def _one_hot(values: Sequence[str], index: dict[str, int], width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of `width` with a 1 at each value's index (the OOV column for unknown ones); written
+    into `out` (zeros, shape (len(values), width)) when given."""
+    out = np.zeros((len(values), width), dtype=np.float32) if out is None else out
     oov = index[OOV]
     cols = np.fromiter((index.get(v, oov) for v in values), dtype=np.int64, count=len(values))
     out[np.arange(len(values)), cols] = 1.0
@@ -230,20 +240,32 @@ class FeaturePipeline:
 
     # ------------------------------------------------------------ transforms
     def item_matrix(self, items: pd.DataFrame) -> np.ndarray:
-        """Tower input for items, shape (n_items, item_dim), float32."""
-        parts = [self.text_encoder.transform(self._texts(items))]
-        tags = np.zeros((len(items), len(self._tag_index)), dtype=np.float32)
+        """Tower input for items, shape (n_items, item_dim), float32.
+
+        Written into one preallocated array and standardised in place: a catalog refresh runs
+        this over every new item, and each temporary copy of the matrix costs as much as a part."""
+        n, groups = len(items), self.item_groups
+        out = np.zeros((n, self.item_dim), dtype=np.float32)
+        at = 0
+        out[:, :groups["text"]] = self.text_encoder.transform(self._texts(items))
+        at += groups["text"]
+        tags = out[:, at:at + groups["tags"]]
         oov = self._tag_index[OOV]
+        index = self._tag_index
         for row, row_tags in enumerate(items["tags"]):
             for t in row_tags:
-                tags[row, self._tag_index.get(t, oov)] = 1.0
-        parts.append(tags)
-        parts.append(_one_hot(items["genre"].fillna("").astype(str).tolist(), self._genre_index, len(self._genre_index)))
-        parts.append(_one_hot(items["maker"].fillna("").astype(str).tolist(), self._maker_index, len(self._maker_index)))
+                tags[row, index.get(t, oov)] = 1.0
+        at += groups["tags"]
+        for column, index, width in (("genre", self._genre_index, groups["genre"]),
+                                     ("maker", self._maker_index, groups["maker"])):
+            _one_hot(items[column].fillna("").astype(str).tolist(), index, width, out=out[:, at:at + width])
+            at += width
         numerics = _item_numerics(items)
-        parts.append(np.stack([self.numeric_scalers[k].transform(numerics[k]) for k in self.numeric_scalers], axis=1))
-        out = np.concatenate(parts, axis=1).astype(np.float32)
-        return out if self.item_scaling is None else self.item_scaling.transform(out)
+        for j, (k, scaler) in enumerate(self.numeric_scalers.items()):
+            out[:, at + j] = scaler.transform(numerics[k])
+        if self.item_scaling is not None:
+            self.item_scaling.transform_(out)
+        return out
 
     def profile_matrix(self, users: pd.DataFrame) -> np.ndarray:
         parts = [np.zeros((len(users), 0), dtype=np.float32)]

@@ -24,6 +24,33 @@ def test_numpy_towers_match_keras(tiny_model_dir) -> None:
     assert isinstance(engine.user_tower, NumpyTower)
 
 
+def test_numpy_tower_blocks_and_in_place_ops_leave_inputs_and_results_alone(tmp_path) -> None:
+    """Large inputs run in row blocks with in-place activations: same rows as one pass, caller's array untouched."""
+    import keras
+
+    inp = keras.Input(shape=(5,), name="x")
+    h = keras.layers.Dense(4, activation="relu", name="d1")(inp)
+    h = keras.layers.Dense(3, activation="sigmoid", name="d2")(h)
+    out = keras.layers.UnitNormalization(name="norm")(keras.layers.Dense(3, activation="tanh", name="d3")(h))
+    keras.Model(inp, out).save(tmp_path / "t.keras")
+    norm_only = keras.layers.UnitNormalization(name="norm")(inp)
+    keras.Model(inp, norm_only).save(tmp_path / "n.keras")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((NumpyTower.BLOCK * 2 + 7, 5)).astype(np.float32)
+    given = x.copy()
+    tower = NumpyTower.from_keras_file(tmp_path / "t.keras")
+    blocked = tower(x)
+    np.testing.assert_array_equal(x, given)
+    np.testing.assert_array_equal(blocked[:9], tower(x[:9]))
+    np.testing.assert_array_equal(blocked[-7:], tower(x[-7:]))
+    keras_model = keras.saving.load_model(tmp_path / "t.keras")
+    np.testing.assert_allclose(blocked, np.asarray(keras_model(x)), atol=1e-5)
+    # a tower that only normalises would otherwise write into the caller's array
+    normalised = NumpyTower.from_keras_file(tmp_path / "n.keras")(x[:10])
+    np.testing.assert_array_equal(x, given)
+    np.testing.assert_allclose(normalised, x[:10] / np.linalg.norm(x[:10], axis=1, keepdims=True), atol=1e-6)
+
+
 def test_cold_user_embedding_is_the_keras_user_tower_on_the_history(tiny_model_dir) -> None:
     engine = RealtimeInferenceEngine(tiny_model_dir)
     b = engine.bundle
