@@ -241,7 +241,10 @@ def retrain(data: Any, registry: Any = None, config: str | None = None, override
             result.embeddings = publish_embeddings(trained.model_dir, pg, batch_out,
                                                    f"models:/{registry.name}/{version}", table_prefix)
         mlflow.set_tags({"towerops.production_version": str(registry.alias_version("production") or ""),
-                         "towerops.retrain.promoted": str(result.promoted).lower()})
+                         "towerops.retrain.promoted": str(result.promoted).lower(),
+                         # README: the parent run says whether the gate passed and why (the gate run does too)
+                         "towerops.gate_passed": str(result.promoted).lower(),
+                         "towerops.gate_reason": result.reason[:4000]})
     if result.promoted:
         log.info("retrain: %s v%s (%s, %s) now holds production (was v%s)", registry.name, version, semver, bump,
                  champion)

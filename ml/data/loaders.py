@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ml.data.schema import TAG_SEPARATOR, Dataset
-from ml.data.validation import DataValidationError, Problem, validate_dataset
+from ml.data.validation import DataValidationError, Problem, validate_dataset, validate_items
 from ml.logs import get_logger
 from ml.secrets import describe_secret, mask_dsn, resolve_secret_ref
 
@@ -386,6 +386,54 @@ def load_dataset(source: str | Path, **kwargs: Any) -> Dataset:
     return load_folder(source, **kwargs)
 
 
+def load_items(source: str | Path, connect_timeout: int = 10) -> pd.DataFrame:
+    """Only the items table of a folder or a `postgresql://` DSN (`env:VAR` too), validated and
+    normalised like `load_dataset`'s: a catalog refresh needs the catalog, not the interactions."""
+    if isinstance(source, str):
+        source = resolve_secret_ref(source, "data source") or ""
+    if isinstance(source, str) and is_postgres_dsn(source):
+        from psycopg2 import sql
+
+        conn = _connect(source, connect_timeout)
+        try:
+            import psycopg2
+
+            try:
+                frame = _fetch(conn, sql.SQL("SELECT * FROM {}").format(_table_identifier("items")))
+            except psycopg2.Error as exc:
+                raise DataValidationError([Problem(table="items", source="postgres:items", column=None,
+                                                   message=f"query failed: {str(exc).strip()}",
+                                                   fix="create the items table in that database")]) from None
+            finally:
+                conn.rollback()
+        finally:
+            conn.close()
+        log.info("loaded %d items from PostgreSQL", len(frame))
+        return validate_items(frame, "postgres:items")
+    folder = Path(source)
+    file = find_table_file(folder, "items") if folder.is_dir() else None
+    if file is None:
+        shown = mask_dsn(str(source))
+        names = " or ".join(f"items{s}" for s in FILE_SUFFIXES)
+        raise DataValidationError([Problem(table="items", source=shown, column=None,
+                                           message=f"no items file in {shown} (expected {names})",
+                                           fix="point to a data folder holding the items table, or a "
+                                               "postgresql://USER@HOST:PORT/DB DSN (env:VAR to read it from "
+                                               "the environment)")])
+    try:
+        frame = read_table_file(file)
+    except TableFileError as exc:
+        raise DataValidationError([Problem(table="items", source=str(file), column=None, message=str(exc),
+                                           fix=exc.fix)]) from None
+    except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
+        raise DataValidationError([Problem(table="items", source=str(file), column=None,
+                                           message=f"could not read the file: {type(exc).__name__}: {exc}",
+                                           fix="check the file is valid CSV (comma-separated, header row) or "
+                                               "Parquet")]) from None
+    log.info("loaded %d items from %s", len(frame), file)
+    return validate_items(frame, str(file))
+
+
 def describe_source(source: str | Path) -> str:
     """The data source as it may be logged or recorded: `env:VAR` as written, a DSN without its password."""
     return describe_secret(str(source))
@@ -397,6 +445,7 @@ __all__ = [
     "find_table_file",
     "load_dataset",
     "load_folder",
+    "load_items",
     "load_postgres",
     "mask_dsn",
     "read_table_file",

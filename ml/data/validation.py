@@ -380,4 +380,17 @@ def validate_dataset(
     return dataset
 
 
-__all__ = ["Problem", "DataValidationError", "validate_dataset", "MAX_EXAMPLE_ROWS"]
+def validate_items(items: pd.DataFrame, source: str = "items table") -> pd.DataFrame:
+    """Check the items table alone (a catalog refresh reads nothing else), raise `DataValidationError`
+    listing every problem, else return the normalised copy `validate_dataset` would hold."""
+    chk = _Checker({"users": "users table", "items": source, "interactions": "interactions table"})
+    checked = _check_items(chk, items)
+    if chk.problems:
+        err = DataValidationError(chk.problems)
+        log.error("items rejected: %s", err, extra=FILE_ONLY)
+        raise err
+    assert checked is not None
+    return _normal_items(items, checked)
+
+
+__all__ = ["Problem", "DataValidationError", "validate_dataset", "validate_items", "MAX_EXAMPLE_ROWS"]

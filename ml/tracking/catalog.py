@@ -35,7 +35,7 @@ class CatalogRefreshRun:
 
 def load_items(source: Any) -> Any:
     """The current items table: a DataFrame, a Dataset, or a data folder / postgresql:// DSN / env:VAR
-    read with the project's loaders (validated like any load)."""
+    of which only the items table is read (validated like any load)."""
     import pandas as pd
 
     from ml.data.schema import Dataset
@@ -44,9 +44,9 @@ def load_items(source: Any) -> Any:
         return source
     if isinstance(source, Dataset):
         return source.items
-    from ml.data.loaders import load_dataset
+    from ml.data.loaders import load_items as load_items_table
 
-    return load_dataset(str(source)).items
+    return load_items_table(str(source))
 
 
 def _base_run_id(model: str, bundle_dir: Path) -> str | None:

@@ -291,3 +291,57 @@ def test_entry_points_chain_and_exit_codes(chain: Chain, monkeypatch) -> None:
         spec = json.loads((root / "tfjs" / tower / "model.json").read_text())
         assert spec["format"] == "layers-model" and spec["weightsManifest"]
 
+
+
+def test_catalog_refresh_then_retrain_through_mlflow_run(chain: Chain, monkeypatch) -> None:
+    """`mlflow run -e catalog_refresh` on an items-only folder gives a minor version in production whose old
+    item embeddings are the production bundle's bit for bit; `mlflow run -e retrain` then gives a new major."""
+    import numpy as np
+    import pandas as pd
+
+    from ml.data.loaders import _for_csv, load_dataset
+
+    root = chain.root
+    reg = chain.registry(monkeypatch)
+    base_version = reg.alias_version("production")
+    base_semver = reg.version(base_version).tags["semver"]
+    major = base_semver.split(".")[0]
+    items = load_dataset(str(root / "data")).items
+    new = items.sample(12, random_state=5).copy()
+    new["item_id"] = [f"fresh{i:02d}" for i in range(12)]
+    folder = root / "items-only"   # the catalog alone: a refresh reads no users or interactions
+    folder.mkdir()
+    _for_csv(pd.concat([items, new], ignore_index=True)).to_csv(folder / "items.csv", index=False)
+
+    proc = chain.mlflow_run("catalog_refresh", items=folder)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    refreshed_version = reg.alias_version("production")
+    assert refreshed_version != base_version
+    semver = reg.version(refreshed_version).tags["semver"]
+    assert semver.split(".")[0] == major and semver != base_semver and semver.endswith(".0"), (base_semver, semver)
+    (run,) = chain.runs("catalog_refresh")
+    assert run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags
+    (parent,) = chain.runs("catalog_refresh_pipeline")
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.status == "FINISHED"
+    assert chain.pointer()["version"] == f"v{semver}"
+    def deployed(version: str) -> tuple[list[str], np.ndarray]:   # the catalog as storage holds it
+        folder = chain.deployments / f"v{version}" / "embeddings"
+        return json.loads((folder / "item_ids.json").read_text()), np.load(folder / "item_embeddings.npy")
+
+    ids, emb = deployed(semver)
+    base_ids, base_emb = deployed(base_semver)
+    assert {f"fresh{i:02d}" for i in range(12)} <= set(ids) and len(ids) == len(base_ids) + 12
+    row = {item: i for i, item in enumerate(ids)}
+    assert np.array_equal(emb[[row[i] for i in base_ids]], base_emb)
+
+    # three epochs, not main's two: new towers (a retrain that reproduces the towers bit for bit keeps the
+    # embedding space, and semver rightly calls it a minor)
+    proc = chain.mlflow_run("retrain", data=root / "data", training_config="configs/tiny.json", epochs=3,
+                            reason="chain test")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    retrained = reg.alias_version("production")
+    new_semver = reg.version(retrained).tags["semver"]
+    assert int(new_semver.split(".")[0]) > int(major), (semver, new_semver)
+    (retrain,) = chain.runs("retrain")
+    assert retrain.info.status == "FINISHED" and retrain.data.tags.get("towerops.gate_passed") == "true"
+    assert chain.pointer()["version"] == f"v{new_semver}"

@@ -123,3 +123,35 @@ def test_mask_dsn() -> None:
     assert mask_dsn("postgresql://bob:s3cret@db:5432/app") == "postgresql://bob:***@db:5432/app"
     assert "s3cret" not in mask_dsn("host=db password=s3cret dbname=app")
     assert "s3cret" not in mask_dsn("auth failed for pw s3cret", password="s3cret")
+
+
+def test_load_items_reads_only_the_items_table(tmp_path: Path, synthetic: Dataset) -> None:
+    """A catalog refresh reads the catalog: a folder whose interactions file is broken still gives its items."""
+    from ml.data.loaders import load_items
+
+    write_folder(synthetic, tmp_path / "data")
+    (tmp_path / "data" / "interactions.csv").write_text("not,a\nvalid interactions table\n")
+    (tmp_path / "data" / "users.csv").unlink()
+    items = load_items(str(tmp_path / "data"))
+    pd.testing.assert_frame_equal(items, load_folder_items(synthetic, tmp_path))
+
+
+def load_folder_items(synthetic: Dataset, tmp_path: Path) -> pd.DataFrame:
+    write_folder(synthetic, tmp_path / "full")
+    return load_folder(tmp_path / "full").items
+
+
+def test_load_items_names_file_column_and_rows_of_bad_items(tmp_path: Path, synthetic: Dataset) -> None:
+    from ml.data.loaders import load_items
+    from ml.data.validation import DataValidationError
+
+    write_folder(synthetic, tmp_path / "data")
+    items = pd.read_csv(tmp_path / "data" / "items.csv", dtype=str)
+    items.loc[3, "price"] = "-4"
+    items.to_csv(tmp_path / "data" / "items.csv", index=False)
+    with pytest.raises(DataValidationError) as err:
+        load_items(str(tmp_path / "data"))
+    text = str(err.value)
+    assert "items.csv" in text and "price" in text and "(rows 4)" in text  # file, column, data row from 1
+    with pytest.raises(DataValidationError, match="no items file"):
+        load_items(str(tmp_path / "missing"))

@@ -157,3 +157,26 @@ def test_malformed_dsn() -> None:
         with pytest.raises((ValueError, ConnectionError)) as info:
             load_postgres(dsn, connect_timeout=1)
         assert "Sup3rSecret" not in str(info.value)
+
+
+def test_load_items_reads_only_the_items_table(db: str) -> None:
+    """Items alone (as a catalog refresh reads them), normalised like load_postgres'."""
+    from ml.data.loaders import load_items
+
+    conn = psycopg2.connect(db)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE public.interactions; DROP TABLE public.users")
+    finally:
+        conn.close()
+    items = load_items(db)
+    assert items["item_id"].tolist() == ["10", "20"]
+    assert items["tags"].tolist() == [["x", "y"], []]
+    assert items["released_at"].iloc[0] == pd.Timestamp("2023-12-31T22:00:00")
+
+
+def test_load_items_without_an_items_table_is_clear(pg_dsn: str) -> None:
+    from ml.data.loaders import load_items
+
+    with pytest.raises(DataValidationError, match="items"):
+        load_items(pg_dsn)
