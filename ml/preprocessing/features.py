@@ -158,15 +158,22 @@ class FeaturePipeline:
         return self
 
     def fit_scaling(self, items: pd.DataFrame, profiles: np.ndarray, user_rows: np.ndarray, item_rows: np.ndarray,
-                    labels: np.ndarray, n_users: int) -> "FeaturePipeline":
+                    labels: np.ndarray, n_users: int, keep: dict | None = None) -> "FeaturePipeline":
         """Standardise the tower inputs: item columns over `items`, user columns over the leave-one-out
-        histories of the given (training) interactions, computed from the standardised items."""
+        histories of the given (training) interactions, computed from the standardised items.
+
+        `keep` (a dict) receives what fitting computed anyway, standardised: `item_vectors`
+        (= `item_matrix(items)`) and `train_users` (= `leave_one_out_user_matrix` of these rows),
+        so the trainer does not compute them again."""
         self.item_scaling = self.user_scaling = None
         raw = self.item_matrix(items)
         self.item_scaling = ColumnScaler.fit(raw)
-        item_vectors = self.item_scaling.transform(raw)
-        self.user_scaling = ColumnScaler.fit(
-            self.leave_one_out_user_matrix(profiles, item_vectors, user_rows, item_rows, labels, n_users))
+        item_vectors = self.item_scaling.transform_(raw)
+        users = self.leave_one_out_user_matrix(profiles, item_vectors, user_rows, item_rows, labels, n_users)
+        self.user_scaling = ColumnScaler.fit(users)
+        if keep is not None:
+            keep["item_vectors"] = item_vectors
+            keep["train_users"] = self.user_scaling.transform_(users)
         return self
 
     def _scale_users(self, matrix: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ class PreparedData:
     item_rows: np.ndarray
     labels: np.ndarray
     split: TimeSplit
+    # the training rows' leave-one-out user inputs when standardisation already computed them (prepare)
+    train_user_features: np.ndarray | None = None
 
     @property
     def item_known(self) -> np.ndarray:
@@ -123,13 +125,16 @@ class TwoTowerTrainer:
         labels = inter["label"].to_numpy().astype(np.int64)
         split = time_split_per_user(inter, cfg.training.validation_split, cfg.training.test_split)
         profiles = self.pipeline.profile_matrix(dataset.users)
+        kept: dict[str, np.ndarray] = {}
         if cfg.features.standardize:  # tower inputs to mean 0 / variance 1 over the training part
             tr = split.train
-            self.pipeline.fit_scaling(dataset.items, profiles, user_rows[tr], item_rows[tr], labels[tr], len(user_ids))
+            self.pipeline.fit_scaling(dataset.items, profiles, user_rows[tr], item_rows[tr], labels[tr], len(user_ids),
+                                      keep=kept)
         prepared = PreparedData(
             item_ids=item_ids,
             user_ids=user_ids,
-            item_vectors=self.pipeline.item_matrix(dataset.items),
+            item_vectors=kept["item_vectors"] if "item_vectors" in kept else self.pipeline.item_matrix(dataset.items),
+            train_user_features=kept.get("train_users"),
             profiles=profiles,
             user_rows=user_rows,
             item_rows=item_rows,
@@ -169,7 +174,8 @@ class TwoTowerTrainer:
         log_q = np.log(np.maximum(counts, 1.0) / max(int(tr.sum()), 1)).astype(np.float32)
         u_tr, i_tr, y_tr = p.user_rows[tr], p.item_rows[tr], p.labels[tr]
         x_train = {
-            "user_features": pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, u_tr, i_tr, y_tr, n_users),
+            "user_features": p.train_user_features if p.train_user_features is not None else
+            pl.leave_one_out_user_matrix(p.profiles, p.item_vectors, u_tr, i_tr, y_tr, n_users),
             "item_features": p.item_vectors[i_tr],
             "user_index": u_tr,
             "item_index": i_tr,

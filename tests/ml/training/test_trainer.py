@@ -152,3 +152,20 @@ def test_trainer_rejects_data_without_likes(tiny_synth, tiny_config, tmp_path) -
     with pytest.raises(ValueError, match="holds no likes"):
         create_standard_trainer(tmp_path, tiny_config).train(user_features=ds.users, item_features=ds.items,
                                                              interactions=inter)
+
+
+def test_prepare_reuses_what_standardisation_computed_bit_for_bit(tiny_synth, tiny_config, tmp_path) -> None:
+    """The training rows' user inputs and the item vectors kept from fit_scaling equal a fresh computation."""
+    trainer = create_standard_trainer(model_dir=tmp_path / "m", config=tiny_config)
+    p = trainer.prepare(tiny_synth.dataset)
+    assert trainer.config.features.standardize and p.train_user_features is not None
+    tr = p.split.train
+    fresh = trainer.pipeline.leave_one_out_user_matrix(p.profiles, p.item_vectors, p.user_rows[tr], p.item_rows[tr],
+                                                       p.labels[tr], len(p.user_ids))
+    np.testing.assert_array_equal(p.train_user_features, fresh)
+    np.testing.assert_array_equal(p.item_vectors, trainer.pipeline.item_matrix(tiny_synth.dataset.items))
+    # standardised over the training rows: mean 0 where a column varies
+    varying = fresh.std(axis=0) > 1e-2
+    np.testing.assert_allclose(fresh[:, varying].mean(axis=0), 0.0, atol=1e-3)
+    x_train, _, _ = trainer.training_arrays(p)
+    assert x_train["user_features"] is p.train_user_features
