@@ -58,7 +58,8 @@ def tune(
     except USER_ERRORS as exc:
         fail(exc)
     best = metric_text(result.best_value, why="no trial completed")
-    info(f"run {result.run_id} FINISHED: best {result.metric}={best} (trial {result.best_trial}, run "
+    left = "" if result.status == "FINISHED" else " (the study is not complete: the worker completing it ends the run)"
+    info(f"run {result.run_id} {result.status}{left}: best {result.metric}={best} (trial {result.best_trial}, run "
          f"{result.best_run_id}); trials {result.states}; wrote {result.best_config_path}")
 
 

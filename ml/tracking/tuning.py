@@ -10,7 +10,7 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -18,7 +18,14 @@ from typing import Any, Iterator, Mapping
 from ml.evaluation.validation import ValidationRanking
 from ml.logs import get_logger
 from ml.platform import load_training_config
-from ml.training.tuning import TuningSpec, apply_params, load_tuning_spec, validate_space
+from ml.training.tuning import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    TuningSpec,
+    apply_params,
+    load_tuning_spec,
+    validate_space,
+)
 
 log = get_logger("training")
 
@@ -61,6 +68,7 @@ class TuneResult:
     best_config_path: Path
     metric: str
     states: dict[str, int] = field(default_factory=dict)
+    status: str = "FINISHED"    # the parent run's, as this worker left it (shared studies: RUNNING until complete)
 
 
 def _sampler_pruner(spec: TuningSpec) -> tuple[Any, Any]:
@@ -136,9 +144,18 @@ class SharedStudy:
     `n_trials` is the study's total, not each worker's; creating the study (and enqueueing the
     seed's points once) and finding the MLflow parent run must happen once. On PostgreSQL a
     session-level advisory lock keyed on the study name does all three; other databases
-    (SQLite on one host) run without it."""
+    (SQLite on one host) run without it.
 
-    def __init__(self, storage_url: str, name: str) -> None:
+    Why heartbeats: a worker that dies mid-trial (killed, host lost) never tells its trial,
+    which would stay RUNNING and count toward n_trials forever. Optuna's heartbeat (RDBStorage
+    `heartbeat_interval`/`grace_period`) records a beat for each running trial; before asking,
+    a worker fails the trials without one for `grace_period_s` (`fail_stale_trials`), marks
+    their MLflow runs FAILED, and they stop counting (see `_started`)."""
+
+    def __init__(self, storage_url: str, name: str, heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
+                 grace_period_s: int = DEFAULT_GRACE_PERIOD_S) -> None:
+        import warnings
+
         import optuna
 
         from ml.secrets import mask_dsn, remember_secret
@@ -146,9 +163,15 @@ class SharedStudy:
         remember_secret(storage_url)  # scrubbed from every later log line
         self.name = name
         self.shown = _masked_url(storage_url)  # what logs and params may show
+        self.grace_period_s = grace_period_s
+        self.parent_run_id: str | None = None  # the study's MLflow parent run, once found
         try:
-            self.storage = optuna.storages.RDBStorage(sqlalchemy_url(storage_url),
-                                                      engine_kwargs={"pool_pre_ping": True})
+            with warnings.catch_warnings():  # heartbeat_interval is flagged experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.storage = optuna.storages.RDBStorage(
+                    sqlalchemy_url(storage_url), engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
+                    heartbeat_stale_trial_callback=self._stale_trial_failed)
         except Exception as exc:  # noqa: BLE001 - any driver error becomes one readable message
             raise ConnectionError(f"tuning storage {self.shown}: cannot open it ({type(exc).__name__}: "
                                   f"{mask_dsn(str(exc).splitlines()[0] if str(exc) else '')}); check the URL, that "
@@ -197,16 +220,98 @@ class SharedStudy:
         return study
 
     def next_trial(self, study: Any, n_trials: int) -> Any | None:
-        """The next trial of the study, or None once it holds `n_trials` (every worker's count)."""
+        """The next trial of the study, or None once it holds `n_trials` (every worker's count).
+
+        Stale trials (a dead worker's) are failed first, so they no longer count; the new
+        trial's first heartbeat is recorded before the lock is released, so every RUNNING trial
+        another worker counts can go stale."""
+        import warnings
+
         with self.lock():
-            return study.ask() if _started(study) < n_trials else None
+            self.fail_stale_trials(study)
+            if _started(study) >= n_trials:
+                return None
+            with warnings.catch_warnings():  # Optuna's "heartbeat is supposed to be used with optimize"
+                warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
+                trial = study.ask()
+            self.storage.record_heartbeat(trial._trial_id)
+            return trial
+
+    def heartbeat(self, trial: Any) -> Any:
+        """A context that records the trial's heartbeat every heartbeat_interval_s while it runs:
+        the thread `Study.optimize` runs around each trial (this is an ask/tell loop)."""
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        return get_heartbeat_thread(trial._trial_id, self.storage)
+
+    def fail_stale_trials(self, study: Any) -> None:
+        """Optuna's `fail_stale_trials`: RUNNING trials without a heartbeat for grace_period_s become FAIL."""
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+    def progress(self, study: Any) -> tuple[int, int]:
+        """(trials finished that count toward n_trials, trials RUNNING), stale trials failed first."""
+        import optuna
+
+        self.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        return _counted(trials) - running, running
+
+    def _stale_trial_failed(self, study: Any, trial: Any) -> None:
+        """Optuna's callback for a trial failed as stale: say so, and mark its MLflow run FAILED."""
+        from mlflow import MlflowClient
+
+        worker = trial.user_attrs.get("towerops.worker", "an unknown worker")
+        log.warning("tuning: trial %d of %s had no heartbeat for %ds (its worker died?): marked FAIL; it no longer "
+                    "counts toward n_trials", trial.number, worker, self.grace_period_s)
+        try:
+            client = MlflowClient()
+            run_id = trial.user_attrs.get("mlflow_run_id") or self._trial_run_id(client, trial.number)
+            if not run_id:
+                return
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "towerops.trial_state", "FAIL")
+                client.set_tag(run_id, "towerops.failure", f"no heartbeat from {worker} for {self.grace_period_s}s: "
+                                                           f"failed as stale by {WORKER}")
+                client.set_terminated(run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 - the study is right; the run's status is a courtesy
+            log.warning("tuning: could not mark the MLflow run of stale trial %d FAILED: %s", trial.number, exc)
+
+    def _trial_run_id(self, client: Any, number: int) -> str | None:
+        """The trial's run under the parent, by its optuna.trial tag (a worker that died before linking it)."""
+        if not self.parent_run_id:
+            return None
+        parent = client.get_run(self.parent_run_id)
+        found = client.search_runs([parent.info.experiment_id],
+                                   f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                                   f"tags.`optuna.trial` = '{number}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+
+ENDED_BY_ATTR = "towerops.ended_by"    # set by the worker that tells a trial (not on a stale trial)
+
+
+def _counted(trials: Any) -> int:
+    """Trials that count toward n_trials: running or finished, except those failed as stale.
+
+    An enqueued, WAITING point is not one yet; a FAIL trial no worker told (its worker died,
+    `fail_stale_trials` failed it) is not one either: it has no result."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    return sum(t.state in (state.RUNNING, state.COMPLETE, state.PRUNED)
+               or (t.state == state.FAIL and ENDED_BY_ATTR in t.user_attrs) for t in trials)
 
 
 def _started(study: Any) -> int:
-    """Trials started or finished (an enqueued, WAITING point is not one yet)."""
-    import optuna
-
-    return len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
+    """Trials started or finished that count toward n_trials (see `_counted`)."""
+    return _counted(study.get_trials(deepcopy=False))
 
 
 def _study_key(spec: TuningSpec, base: Any, fingerprint: Mapping[str, Any]) -> str:
@@ -234,16 +339,35 @@ def _optimize(study: Any, st: "_Study", shared: SharedStudy | None) -> None:
         if trial is None:
             return
         try:
-            value = _run_trial(st, trial)
+            with shared.heartbeat(trial) if shared is not None else nullcontext():
+                value = _run_trial(st, trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
+            _stale_meanwhile(trial)
         except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _tell(study, trial, state=optuna.trial.TrialState.FAIL)
             raise
         else:
-            study.tell(trial, value)  # a non-finite value marks the trial FAIL
+            _tell(study, trial, value)  # a non-finite value marks the trial FAIL
         finally:
             gc.collect()
+
+
+def _tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:
+    """`study.tell`, the trial marked as told by this worker (so a FAIL counts toward n_trials)."""
+    import optuna
+
+    try:
+        trial.set_user_attr(ENDED_BY_ATTR, WORKER)
+        study.tell(trial, value, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _stale_meanwhile(trial)
+
+
+def _stale_meanwhile(trial: Any) -> None:
+    log.warning("tuning: trial %d was failed as stale by another worker while it ran here (no heartbeat reached the "
+                "storage for grace_period_s: a slow or unreachable database?); its result is dropped", trial.number)
 
 
 @dataclass
@@ -352,14 +476,6 @@ def _run_trial(st: _Study, trial: Any) -> float:
     return value
 
 
-def _all_done(study: Any) -> bool:
-    """No trial of a shared study is still running or waiting (this worker finishes the study)."""
-    import optuna
-
-    busy = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    return not study.get_trials(deepcopy=False, states=busy)
-
-
 def _record_best(study: Any, st: _Study, out_path: Path, on_parent: bool = True, shared: bool = False
                  ) -> tuple[Any, dict[str, Any], str, dict[str, int]]:
     """Trial counts, the best trial's config written to `out_path` and logged, trials.csv; in the parent run.
@@ -404,7 +520,8 @@ def _record_best(study: Any, st: _Study, out_path: Path, on_parent: bool = True,
     return best, best_params, best_run, states
 
 
-def _shared_study(storage: str | None, study_name: str | None) -> SharedStudy | None:
+def _shared_study(storage: str | None, study_name: str | None, spec: TuningSpec | None = None
+                  ) -> SharedStudy | None:
     """The shared study's storage (env:VAR resolved), or None for a study of this process only."""
     from ml.secrets import resolve_secret_ref
     from ml.training.tuning import DEFAULT_STUDY_NAME
@@ -415,12 +532,18 @@ def _shared_study(storage: str | None, study_name: str | None) -> SharedStudy | 
     if "://" not in url:
         raise ValueError("tuning storage must be an SQLAlchemy URL such as postgresql://user@host:5432/optuna "
                          "(or env:VAR naming one)")
-    return SharedStudy(url, study_name or DEFAULT_STUDY_NAME)
+    beats = {} if spec is None else {"heartbeat_interval_s": spec.heartbeat_interval_s,
+                                     "grace_period_s": spec.grace_period_s}
+    return SharedStudy(url, study_name or DEFAULT_STUDY_NAME, **beats)
 
 
 def _shared_parent(shared: SharedStudy, run_name: str, experiment: str | None) -> tuple[Any, bool]:
     """(the active parent run, whether this worker created it): the run tagged towerops.study=<name>
-    in the experiment, found or created under the study's lock so there is one."""
+    in the experiment, found or created under the study's lock so there is one.
+
+    Inside `mlflow run` the entry-point run is never the parent: `mlflow run` ends it when this
+    worker exits, while the parent must stay RUNNING until the study is complete. It gets the
+    tag towerops.study_parent_run_id instead."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -443,17 +566,40 @@ def _shared_parent(shared: SharedStudy, run_name: str, experiment: str | None) -
         created = not found
         if found:
             parent_id = found[0].info.run_id
-            if own and own != parent_id:  # the entry-point run points at the study's parent
-                client.set_tag(own, "towerops.study_parent_run_id", parent_id)
-        elif own:
-            parent_id = own
-            for key, value in {STUDY_TAG: shared.name, "towerops.step": "tune"}.items():
-                client.set_tag(own, key, value)
         else:
             parent_id = client.create_run(experiment_id, run_name=run_name,
                                           tags={STUDY_TAG: shared.name, "towerops.step": "tune"}).info.run_id
+        if own and own != parent_id:  # the entry-point run points at the study's parent
+            client.set_tag(own, "towerops.study_parent_run_id", parent_id)
+    if own:  # the fluent runs below are the parent and its trials: none may resume the entry-point run
+        os.environ.pop("MLFLOW_RUN_ID", None)
     log.info("tuning: %s parent run %s of study %r", "created" if created else "joined", parent_id, shared.name)
+    shared.parent_run_id = parent_id
     return mlflow.start_run(run_id=parent_id), created
+
+
+def _end_shared_parent(shared: SharedStudy, study: Any, n_trials: int, failed: bool = False) -> str:
+    """End this worker's part in the study's parent run; returns the status it left.
+
+    FINISHED only once the study is complete (n_trials counted trials finished, none RUNNING);
+    otherwise RUNNING, for the workers still at it (the last to finish closes it) or a worker
+    started later. A worker that stops on an error leaves it RUNNING while other workers run
+    trials, else FAILED (a worker that joins later resumes it). Decided and written under the
+    study's lock, so a worker leaving RUNNING cannot overwrite the last worker's FINISHED."""
+    import mlflow
+
+    with shared.lock():
+        finished, running = shared.progress(study)
+        if failed:
+            status = "RUNNING" if running else "FAILED"
+        else:
+            status = "FINISHED" if finished >= n_trials and not running else "RUNNING"
+        if status == "RUNNING":
+            log.info("tuning: the study has %d of %d trials finished and %d running on other workers; the parent run "
+                     "%s stays RUNNING until a worker completes the study", finished, n_trials, running,
+                     shared.parent_run_id)
+        mlflow.end_run(status)  # RUNNING: this process lets go of the run (MLflow records an end time meanwhile)
+    return status
 
 
 def _tuning_spec(path: str | Path | None, n_trials: int | None, timeout_s: float | None) -> Any:
@@ -492,7 +638,9 @@ def run_tuning(
     (an Optuna RDB URL, e.g. postgresql://..., or env:VAR; default the tuning file's
     `storage`) the study lives in that database under `study_name`: workers on several hosts
     run this same call, share its n_trials, and nest their trials under one parent run that
-    they find by the tag towerops.study=<study name>.
+    they find by the tag towerops.study=<study name>. The parent is ended FINISHED only by the
+    worker that completes the study (see `_end_shared_parent`); a dead worker's trial is failed
+    once its heartbeat is grace_period_s old and stops counting (see `SharedStudy`).
     """
     import mlflow
 
@@ -501,7 +649,7 @@ def run_tuning(
     st, out_path, fingerprint = _prepare_study(data, tuning_path, config_path, overrides, n_trials, timeout_s, out,
                                                storage, study_name)
     spec, base = st.spec, st.base
-    shared = _shared_study(storage or spec.storage, study_name or spec.study_name)
+    shared = _shared_study(storage or spec.storage, study_name or spec.study_name, spec)
     log.info("tuning: %d trials max%s, objective %s (%s), %d parameters: %s", spec.n_trials,
              f", {spec.timeout_s:g}s budget" if spec.timeout_s else "", spec.metric, spec.direction, len(spec.space),
              ", ".join(f"{p.name} {p.describe()}" for p in spec.space))
@@ -530,13 +678,36 @@ def run_tuning(
                 mlflow.log_dict(base.to_dict(), "base_config.json")
             if shared is None:
                 study = _make_study(spec, f"towerops-{parent_id}")
-            _optimize(study, st, shared)
-            best, best_params, best_run, states = _record_best(study, st, out_path,
-                                                               on_parent=shared is None or _all_done(study),
-                                                               shared=shared is not None)
+                _optimize(study, st, None)
+                best, best_params, best_run, states = _record_best(study, st, out_path)
+                status = "FINISHED"  # as the `with` ends it
+            else:
+                try:
+                    _optimize(study, st, shared)
+                    best, best_params, best_run, states = _record_best(
+                        study, st, out_path, on_parent=not shared.progress(study)[1], shared=True)
+                except BaseException:
+                    _let_go_on_error(shared, study, spec.n_trials)
+                    raise
+                status = _end_shared_parent(shared, study, spec.n_trials)
             log.info("tuning finished: best trial %d %s=%.4f %s; wrote %s", best.number, spec.metric, best.value,
                      best_params, out_path)
     finally:
         shutil.rmtree(st.scratch, ignore_errors=True)
     return TuneResult(run_id=parent_id, best_value=float(best.value), best_params=best_params, best_trial=best.number,
-                      best_run_id=best_run, best_config_path=out_path, metric=spec.metric, states=states)
+                      best_run_id=best_run, best_config_path=out_path, metric=spec.metric, states=states,
+                      status=status)
+
+
+def _let_go_on_error(shared: SharedStudy, study: Any, n_trials: int) -> None:
+    """A worker stopping on an error: the parent stays RUNNING while others run trials, else FAILED.
+
+    With the tracking server gone this writes nothing: guard_tracking_loss deals with the run."""
+    from ml.tracking.runs import tracking_server_reachable
+
+    if not tracking_server_reachable():
+        return
+    try:
+        _end_shared_parent(shared, study, n_trials, failed=True)
+    except Exception as exc:  # noqa: BLE001 - the error that stopped the worker is the one to raise
+        log.warning("tuning: could not settle the parent run's status after the error: %s", exc)

@@ -57,6 +57,10 @@ _MINIMIZE = {"val_loss", "val_retrieval_loss", "val_rating_loss"}
 DEFAULT_METRIC = "val_ndcg_at_10"
 DEFAULT_STUDY_NAME = "towerops-tune"
 """The study name workers share when `--storage` is given without `--study-name`."""
+DEFAULT_HEARTBEAT_INTERVAL_S = 30
+DEFAULT_GRACE_PERIOD_S = 120
+"""Shared studies: a worker records a heartbeat for its running trial every 30 s; a trial with none for
+120 s is failed as stale (Optuna's heartbeat), so a dead worker's trial stops counting toward n_trials."""
 
 
 def check_storage_ref(value: str | None) -> str | None:
@@ -243,6 +247,11 @@ class TuningFile(StrictModel):
                                                   "env:TOWEROPS_TUNING_STORAGE naming a postgresql:// URL")
     study_name: str | None = Field(None, min_length=1, max_length=200,
                                    description=f"the study every worker joins (default {DEFAULT_STUDY_NAME!r})")
+    heartbeat_interval_s: int = Field(DEFAULT_HEARTBEAT_INTERVAL_S, ge=1,
+                                      description="shared studies: seconds between a running trial's heartbeats")
+    grace_period_s: int = Field(DEFAULT_GRACE_PERIOD_S, ge=1,
+                                description="shared studies: a running trial without a heartbeat for this long is "
+                                            "failed (its worker died) and no longer counts toward n_trials")
 
     @field_validator("storage")
     @classmethod
@@ -260,6 +269,14 @@ class TuningFile(StrictModel):
         if unknown:
             raise ValueError(f"{unknown[0]!r} cannot be searched; searchable parameters: {', '.join(TUNABLE)}")
         return {n: {**v, "name": n} if isinstance(v, Mapping) else v for n, v in value.items()}
+
+    @model_validator(mode="after")
+    def _grace_above_interval(self) -> "TuningFile":
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise KeyProblem(f"grace_period_s={self.grace_period_s} must be above heartbeat_interval_s="
+                             f"{self.heartbeat_interval_s} (a few heartbeats, e.g. 4x), or trials still running "
+                             "would be failed as stale")
+        return self
 
     @model_validator(mode="after")
     def _enqueue_in_space(self) -> "TuningFile":
@@ -297,6 +314,8 @@ class TuningSpec:
     source: str = "<dict>"
     storage: str | None = None      # as written (env:VAR or a URL); resolved only when the study opens
     study_name: str | None = None
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S
 
     @classmethod
     def from_file(cls, f: TuningFile, source: str = "<dict>") -> "TuningSpec":
@@ -305,7 +324,8 @@ class TuningSpec:
                    seed=f.sampler.seed, sampler_startup_trials=f.sampler.n_startup_trials, pruner=f.pruner.type,
                    pruner_startup_trials=f.pruner.n_startup_trials, pruner_warmup_steps=f.pruner.n_warmup_steps,
                    pruner_interval_steps=f.pruner.interval_steps, enqueue=tuple(f.enqueue_trials or ()),
-                   source=source, storage=f.storage, study_name=f.study_name)
+                   source=source, storage=f.storage, study_name=f.study_name,
+                   heartbeat_interval_s=f.heartbeat_interval_s, grace_period_s=f.grace_period_s)
 
     @property
     def direction(self) -> str:
@@ -327,12 +347,14 @@ class TuningSpec:
             "enqueue_trials": [dict(e) for e in self.enqueue],
             **({"storage": describe_secret(self.storage)} if self.storage else {}),
             **({"study_name": self.study_name} if self.study_name else {}),
+            **({"heartbeat_interval_s": self.heartbeat_interval_s, "grace_period_s": self.grace_period_s}
+               if self.storage else {}),
         }
 
     def study_key(self) -> dict[str, Any]:
         """What every worker of one shared study must agree on (not the per-worker time budget or storage)."""
         key = self.to_dict()
-        for k in ("timeout_s", "storage", "study_name"):
+        for k in ("timeout_s", "storage", "study_name", "heartbeat_interval_s", "grace_period_s"):
             key.pop(k, None)
         return key
 

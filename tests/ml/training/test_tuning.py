@@ -94,6 +94,7 @@ def test_shipped_tuning_file_is_valid_for_the_shipped_config() -> None:
     ({"timeout_s": -5}, r"timeout_s=-5.0 must be > 0"),
     ({"epochs": 3}, r"unknown key epochs: did you mean 'trial_epochs'\? allowed keys: enqueue_trials"),
     ({"enqueue_trials": [{"learning_rate": 0.5}]}, r"learning_rate=0.5 is outside search_space.learning_rate"),
+    ({"heartbeat_interval_s": 30, "grace_period_s": 20}, r"grace_period_s=20 must be above heartbeat_interval_s=30"),
 ])
 def test_bad_tuning_settings_are_named(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
