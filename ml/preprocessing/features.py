@@ -50,11 +50,21 @@ class ColumnScaler:
 
     @classmethod
     def fit(cls, matrix: np.ndarray, floor: float = 1e-3) -> "ColumnScaler":
-        matrix = np.asarray(matrix, np.float64)
+        matrix = np.asarray(matrix)
         if matrix.ndim != 2 or len(matrix) == 0:
             raise ValueError(f"cannot fit a column scaler on an array of shape {matrix.shape}: it needs (rows >= 1, "
                              "columns)")
-        return cls(matrix.mean(axis=0).astype(np.float32), np.maximum(matrix.std(axis=0), floor).astype(np.float32))
+        # float64 sums over row blocks: no float64 copy of the whole (often 100k-row) matrix
+        mean = np.zeros(matrix.shape[1], np.float64)
+        for lo in range(0, len(matrix), 8192):
+            mean += matrix[lo:lo + 8192].sum(axis=0, dtype=np.float64)
+        mean /= len(matrix)
+        var = np.zeros(matrix.shape[1], np.float64)
+        for lo in range(0, len(matrix), 8192):
+            block = matrix[lo:lo + 8192].astype(np.float64) - mean
+            var += np.einsum("ij,ij->j", block, block)
+        std = np.sqrt(var / len(matrix))
+        return cls(mean.astype(np.float32), np.maximum(std, floor).astype(np.float32))
 
     def transform(self, matrix: np.ndarray) -> np.ndarray:
         matrix = np.asarray(matrix, np.float32)
@@ -325,14 +335,28 @@ class FeaturePipeline:
         candidate has not been swiped yet.
         """
         like_sum, nope_sum, n_like, n_nope = _history_sums(item_vectors, user_rows, item_rows, labels, n_users)
+        # the same float32 operations as history_aggregates, written into one preallocated matrix (one row per
+        # training interaction: each temporary copy of it costs as much as the arithmetic)
+        d, n = item_vectors.shape[1], len(user_rows)
+        out = np.empty((n, 2 * d + 3 + profiles.shape[1]), np.float32)
         is_like = labels.astype(np.float32)[:, None]
         x = item_vectors[item_rows]
-        row_like_sum = like_sum[user_rows] - x * is_like
-        row_nope_sum = nope_sum[user_rows] - x * (1.0 - is_like)
-        row_n_like = n_like[user_rows] - labels.astype(np.int64)
-        row_n_nope = n_nope[user_rows] - (1 - labels.astype(np.int64))
-        agg = self.history_aggregates(row_like_sum, row_nope_sum, row_n_like, row_n_nope)
-        return self._scale_users(np.concatenate([agg, profiles[user_rows]], axis=1))
+        liked, noped = out[:, :d], out[:, d:2 * d]
+        np.take(like_sum, user_rows, axis=0, out=liked)
+        liked -= x * is_like
+        np.take(nope_sum, user_rows, axis=0, out=noped)
+        np.multiply(x, np.float32(1.0) - is_like, out=x)
+        noped -= x
+        row_n_like = (n_like[user_rows] - labels.astype(np.int64)).astype(np.float32)[:, None]
+        row_n_nope = (n_nope[user_rows] - (1 - labels.astype(np.int64))).astype(np.float32)[:, None]
+        liked /= np.maximum(row_n_like, np.float32(1.0))
+        noped /= np.maximum(row_n_nope, np.float32(1.0))
+        out[:, 2 * d:2 * d + 1] = np.log1p(row_n_like)
+        out[:, 2 * d + 1:2 * d + 2] = np.log1p(row_n_nope)
+        out[:, 2 * d + 2:2 * d + 3] = (row_n_like + np.float32(1.0)) / (row_n_like + row_n_nope + np.float32(2.0))
+        if profiles.shape[1]:
+            np.take(profiles, user_rows, axis=0, out=out[:, 2 * d + 3:])
+        return out if self.user_scaling is None else self.user_scaling.transform_(out)
 
     # ------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:

@@ -49,3 +49,33 @@ def test_any_mlflow_exception_becomes_one_line(local_store, monkeypatch) -> None
     out = CliRunner().invoke(app, ["registry", "status"])
     assert out.exit_code == 2 and "Traceback" not in out.output
     assert "error: MLflow INVALID_PARAMETER_VALUE: Registered Model with name=two_tower not found" in out.output
+
+
+@pytest.mark.parametrize("keep_thread", [False, True])
+def test_the_console_entry_keeps_exit_status_output_and_atexit_work(tmp_path, keep_thread: bool) -> None:
+    """`pipelines.cli.run` leaves with os._exit once TensorFlow is loaded (no interpreter teardown), after the
+    atexit handlers ran and stdio was flushed; with a non-daemon thread still working it exits as Python does."""
+    import subprocess
+    import sys
+
+    from support.helpers import REPO_ROOT
+
+    marker = tmp_path / "atexit.txt"
+    script = f"""
+import atexit, sys, threading, time
+import tensorflow
+atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+if {keep_thread}:
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", flush=True))).start()
+sys.stdout.write("buffered result line\\n")   # not flushed: run() must flush it
+sys.argv = ["towerops", "no-such-command"]
+from pipelines.cli import run
+run()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "No such command" in proc.stderr
+    assert "buffered result line" in proc.stdout
+    assert marker.read_text() == "ran"
+    assert ("thread done" in proc.stdout) is keep_thread
