@@ -16,7 +16,7 @@ def _frame_hash(frame: pd.DataFrame) -> str:
     h.update(",".join(map(str, frame.columns)).encode())
     normalised = frame.copy()
     for col in normalised.columns:
-        if normalised[col].map(lambda v: isinstance(v, (list, tuple))).any():
+        if normalised[col].dtype == object and normalised[col].map(lambda v: isinstance(v, (list, tuple))).any():
             normalised[col] = normalised[col].map(lambda v: "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
     h.update(pd.util.hash_pandas_object(normalised, index=False).to_numpy().tobytes())
     return h.hexdigest()

@@ -125,4 +125,10 @@ def decision_text(series: pd.Series) -> pd.Series:
             return str(int(v))
         return str(v).strip().lower()
 
+    present = series.notna().to_numpy()
+    values = series.to_numpy(dtype=object)
+    if present.any() and all(type(v) is str for v in values[present]):  # noqa: E721 - exact str: the common case
+        out = np.full(len(series), None, dtype=object)
+        out[present] = pd.Series(values[present], dtype=object).str.strip().str.lower().to_numpy(dtype=object)
+        return pd.Series(out, index=series.index, dtype=object)
     return series.map(one).astype(object)

@@ -130,7 +130,7 @@ def _frame_digest(frames: Mapping[str, Any]) -> str:
         h.update(",".join(map(str, frame.columns)).encode())
         flat = frame.copy()
         for col in flat.columns:
-            if flat[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            if flat[col].dtype == object and flat[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
                 flat[col] = flat[col].map(lambda v: "|".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray))
                                           else v)
         h.update(pd.util.hash_pandas_object(flat, index=False).to_numpy().tobytes())
