@@ -25,25 +25,34 @@ ML_PACKAGE = Path(__file__).resolve().parents[1]  # the `ml` package, shipped wi
 PYFUNC_NAME = "recommender"
 
 
-def plot_curves(history: Mapping[str, list[float]], path: Path) -> Path:
-    """One panel per metric (train and val_ together). The per-layer health series (`name.layer`) stay
-    MLflow metrics only: a panel each would double the drawing time for little to read."""
+def plot_curves(history: Mapping[str, list[float]], path: Path, columns: int = 3) -> Path:
+    """One panel per metric (train and val_ together), `columns` panels a row. The per-layer health
+    series (`name.layer`) stay MLflow metrics only: a panel each would double the drawing time for
+    little to read. Legends sit in a fixed corner and the margins are set, not searched
+    (`loc="best"` and `tight_layout` were most of the drawing time, bench/train.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = sorted({k.removeprefix("val_") for k in history if "." not in k})
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = max(1, min(columns, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.9 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
         for key, style in ((name, "-"), (f"val_{name}", "--")):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12 / rows + 0.02, top=1 - 0.08 / rows, hspace=0.6, wspace=0.3)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
