@@ -113,6 +113,18 @@ def read_user_ids(path: str | Path) -> list[str]:
     return frame["user_id"].astype(str).tolist()
 
 
+def _read_table(file: Path, table: str) -> tuple[pd.DataFrame | None, Problem | None]:
+    """One table file read, or the readable problem that stopped it."""
+    try:
+        return read_table_file(file), None
+    except TableFileError as exc:
+        return None, Problem(table=table, source=str(file), column=None, message=str(exc), fix=exc.fix)
+    except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
+        return None, Problem(table=table, source=str(file), column=None,
+                             message=f"could not read the file: {type(exc).__name__}: {exc}",
+                             fix="check the file is valid CSV (comma-separated, header row) or Parquet")
+
+
 def load_folder(path: str | Path, rating_scale: Any = "auto", like_threshold: float | None = None) -> Dataset:
     """Load users/items/interactions from a folder of CSV or Parquet files and validate them.
 
@@ -153,20 +165,11 @@ def load_folder(path: str | Path, rating_scale: Any = "auto", like_threshold: fl
             )
             continue
         sources[table] = str(file)
-        try:
-            frames[table] = read_table_file(file)
-        except TableFileError as exc:
-            problems.append(Problem(table=table, source=str(file), column=None, message=str(exc), fix=exc.fix))
-        except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
-            problems.append(
-                Problem(
-                    table=table,
-                    source=str(file),
-                    column=None,
-                    message=f"could not read the file: {type(exc).__name__}: {exc}",
-                    fix="check the file is valid CSV (comma-separated, header row) or Parquet",
-                )
-            )
+        frame, problem = _read_table(file, table)
+        if problem is not None:
+            problems.append(problem)
+        else:
+            frames[table] = frame
     if problems:
         err = DataValidationError(problems)
         log.error("cannot load %s: %s", folder, err)
@@ -420,16 +423,9 @@ def load_items(source: str | Path, connect_timeout: int = 10) -> pd.DataFrame:
                                            fix="point to a data folder holding the items table, or a "
                                                "postgresql://USER@HOST:PORT/DB DSN (env:VAR to read it from "
                                                "the environment)")])
-    try:
-        frame = read_table_file(file)
-    except TableFileError as exc:
-        raise DataValidationError([Problem(table="items", source=str(file), column=None, message=str(exc),
-                                           fix=exc.fix)]) from None
-    except Exception as exc:  # noqa: BLE001 - any parser error becomes a readable problem
-        raise DataValidationError([Problem(table="items", source=str(file), column=None,
-                                           message=f"could not read the file: {type(exc).__name__}: {exc}",
-                                           fix="check the file is valid CSV (comma-separated, header row) or "
-                                               "Parquet")]) from None
+    frame, problem = _read_table(file, "items")
+    if problem is not None:
+        raise DataValidationError([problem])
     log.info("loaded %d items from %s", len(frame), file)
     return validate_items(frame, str(file))
 

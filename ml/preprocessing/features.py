@@ -296,15 +296,24 @@ class FeaturePipeline:
 
     @staticmethod
     def history_aggregates(
-        like_sum: np.ndarray, nope_sum: np.ndarray, n_like: np.ndarray, n_nope: np.ndarray
+        like_sum: np.ndarray, nope_sum: np.ndarray, n_like: np.ndarray, n_nope: np.ndarray,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """[mean liked item vector | mean noped item vector | log1p likes, log1p nopes, like rate]."""
+        """[mean liked item vector | mean noped item vector | log1p likes, log1p nopes, like rate].
+
+        With `out` (float32, at least 2 * d + 3 columns) the result is written into its first
+        columns, and `like_sum` / `nope_sum` may be its first two column blocks (divided in place)."""
+        d = like_sum.shape[1]
         n_like = n_like.astype(np.float32)[:, None]
         n_nope = n_nope.astype(np.float32)[:, None]
-        liked_mean = like_sum / np.maximum(n_like, 1.0)
-        noped_mean = nope_sum / np.maximum(n_nope, 1.0)
-        history = np.concatenate([np.log1p(n_like), np.log1p(n_nope), (n_like + 1.0) / (n_like + n_nope + 2.0)], axis=1)
-        return np.concatenate([liked_mean, noped_mean, history], axis=1).astype(np.float32)
+        if out is None:
+            out = np.empty((len(n_like), 2 * d + 3), np.float32)
+        np.divide(like_sum, np.maximum(n_like, np.float32(1.0)), out=out[:, :d])
+        np.divide(nope_sum, np.maximum(n_nope, np.float32(1.0)), out=out[:, d:2 * d])
+        out[:, 2 * d:2 * d + 1] = np.log1p(n_like)
+        out[:, 2 * d + 1:2 * d + 2] = np.log1p(n_nope)
+        out[:, 2 * d + 2:2 * d + 3] = (n_like + np.float32(1.0)) / (n_like + n_nope + np.float32(2.0))
+        return out
 
     def user_matrix(
         self,
@@ -335,8 +344,8 @@ class FeaturePipeline:
         candidate has not been swiped yet.
         """
         like_sum, nope_sum, n_like, n_nope = _history_sums(item_vectors, user_rows, item_rows, labels, n_users)
-        # the same float32 operations as history_aggregates, written into one preallocated matrix (one row per
-        # training interaction: each temporary copy of it costs as much as the arithmetic)
+        # one preallocated matrix (one row per training interaction: each temporary copy of it costs as
+        # much as the arithmetic): the history sums without the row itself, then history_aggregates in place
         d, n = item_vectors.shape[1], len(user_rows)
         out = np.empty((n, 2 * d + 3 + profiles.shape[1]), np.float32)
         is_like = labels.astype(np.float32)[:, None]
@@ -347,13 +356,8 @@ class FeaturePipeline:
         np.take(nope_sum, user_rows, axis=0, out=noped)
         np.multiply(x, np.float32(1.0) - is_like, out=x)
         noped -= x
-        row_n_like = (n_like[user_rows] - labels.astype(np.int64)).astype(np.float32)[:, None]
-        row_n_nope = (n_nope[user_rows] - (1 - labels.astype(np.int64))).astype(np.float32)[:, None]
-        liked /= np.maximum(row_n_like, np.float32(1.0))
-        noped /= np.maximum(row_n_nope, np.float32(1.0))
-        out[:, 2 * d:2 * d + 1] = np.log1p(row_n_like)
-        out[:, 2 * d + 1:2 * d + 2] = np.log1p(row_n_nope)
-        out[:, 2 * d + 2:2 * d + 3] = (row_n_like + np.float32(1.0)) / (row_n_like + row_n_nope + np.float32(2.0))
+        self.history_aggregates(liked, noped, n_like[user_rows] - labels.astype(np.int64),
+                                n_nope[user_rows] - (1 - labels.astype(np.int64)), out=out)
         if profiles.shape[1]:
             np.take(profiles, user_rows, axis=0, out=out[:, 2 * d + 3:])
         return out if self.user_scaling is None else self.user_scaling.transform_(out)
