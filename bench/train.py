@@ -42,8 +42,10 @@ def bare_model_and_steps(trainer, x: dict, y):
     """The trainer's own model (towers, ID stage, optimizer) and bare train/eval steps with its loss terms."""
     import tensorflow as tf
 
-    model = trainer.build_model(None)
+    policy = trainer.precision_policy()  # float32 on the CPU, mixed_float16 on a GPU (training.mixed_precision)
+    model = trainer.build_model(None, policy)
     bce = trainer.config.training.bce_weight
+    scaled = policy == "mixed_float16"  # Keras wrapped the optimizer in a LossScaleOptimizer, as fit() uses it
 
     def loss_of(batch, y, training: bool):
         ue, ie = model(batch, training=training)
@@ -59,8 +61,9 @@ def bare_model_and_steps(trainer, x: dict, y):
     def step(batch, y):
         with tf.GradientTape() as tape:
             loss = loss_of(batch, y, True)
+            target = model.optimizer.scale_loss(loss) if scaled else loss
         variables = model.trainable_variables
-        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        model.optimizer.apply_gradients(zip(tape.gradient(target, variables), variables))  # unscales when scaled
         return loss
 
     @tf.function(jit_compile=jit)
@@ -225,7 +228,8 @@ def main() -> None:
                      "train_examples": n_train, "epochs": epochs, "embedding_dim": cfg.embedding_dim,
                      "hidden_units": cfg.model.hidden_units, "id_embedding_dim": cfg.model.id_embedding_dim,
                      "batch_size": bs, "steps_per_execution": cfg.training.steps_per_execution,
-                     "jit_compile": cfg.training.jit_compile, "overrides": args.overrides},
+                     "jit_compile": cfg.training.jit_compile, "precision": trainer.precision_policy(),
+                     "overrides": args.overrides},
         "entry_point": {"wall_s": round(run["wall"], 2), "epoch_s": [round(t, 2) for t in entry_walls],
                         "epoch_cpu_s": [round(t, 2) for t in entry_cpus],
                         "examples_per_s_steady": round(n_train / entry_epoch, 1),

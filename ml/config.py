@@ -203,12 +203,19 @@ class ModelConfig(StrictModel):
     l2_regularization: float = Field(0.01, ge=0, description="AdamW decoupled weight decay (ml.model.optim), "
                                      "not an L2 term in the loss")
     temperature: float = Field(0.1, gt=0, description="softmax temperature over cosine scores")
+    logq_weight: float = Field(
+        1.5, ge=0, description="weight of the sampling-bias (logQ) correction in the in-batch softmax: 1 makes the "
+        "batch softmax estimate the full one; above 1 the cosine also learns less popularity, which ranks the items "
+        "users go on to like better (bench/quality.py, validation part); 0 turns the correction off")
     id_embedding_dim: int = Field(128, ge=0, description="width of the learned item-id and user-id vectors "
                                   "(ml.model.towers.IdStage); 0 = content-only towers")
     history_length: int = Field(50, ge=1, description="liked and noped item ids pooled per training example "
                                 "(a random sample when the history is longer)")
     id_dropout: float = Field(0.1, description="share of own ids sent to the OOV row while training, so cold "
                               "items and users have a learned fallback")
+    user_id_vector: bool = Field(False, description="give the user core a learned user-id vector next to the pooled "
+                                 "history (off: it learns from one user's few swipes, starts as noise, and the edge "
+                                 "never has it; NDCG@10 was lower with it in bench/quality.py)")
     history_dropout: float = Field(0.5, description="share of each training row's history ids dropped before "
                                    "pooling (denoising; the user cannot be memorised by a fixed history)")
 
@@ -232,6 +239,10 @@ class TrainingConfig(StrictModel):
     epochs: int = Field(100, ge=1)
     learning_rate: float = Field(0.001, gt=0)
     patience: int = Field(10, ge=0)
+    early_stopping_metric: str = Field(
+        "val_loss", description="what early stopping and the best-weights checkpoint watch on the validation part: "
+        "val_loss (the in-batch softmax loss, minimised) or a ranking metric val_<metric>_at_<k> such as "
+        "val_ndcg_at_10 (full-catalog ranking of the validation likes after each epoch, maximised)")
     validation_split: float = 0.2
     test_split: float = Field(0.1, description="each user's newest share held out for offline evaluation and the "
                               "gate; never read by training")
@@ -241,6 +252,9 @@ class TrainingConfig(StrictModel):
     seed: int = 42
     distribute_strategy: Literal["one_device", "mirrored", "multi_worker_mirrored"] = "one_device"
     jit_compile: bool = False
+    mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="dtype policy of the training graph: auto = mixed_float16 when TensorFlow sees a GPU "
+        "(float16 compute, float32 variables, loss scaling), float32 on the CPU; the exported model is float32")
     steps_per_execution: int = Field(16, ge=1, description="training steps per call into the compiled graph: "
                                      "fewer Python round trips; callbacks run per epoch, so they see no difference")
 
@@ -249,6 +263,15 @@ class TrainingConfig(StrictModel):
     def _unit_interval(cls, value: float) -> float:
         if not 0.0 <= value < 1.0:
             raise ValueError("must be in [0, 1)")
+        return value
+
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _stopping_metric(cls, value: str) -> str:
+        import re
+
+        if value != "val_loss" and not re.fullmatch(r"val_[a-z_]+_at_[1-9][0-9]*", value):
+            raise ValueError("must be val_loss or a validation ranking metric val_<metric>_at_<k>, e.g. val_ndcg_at_10")
         return value
 
     @model_validator(mode="after")

@@ -113,12 +113,13 @@ def edge_layout(engine: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[np.n
     tables = getattr(bundle, "id_tables", None)
     if tables is not None and tables.dim > 0:
         arrays["item_id_table"] = (np.asarray(tables.item, dtype=np.float32), "embeddings/item_id_table.npy")
-        arrays["user_oov"] = (np.asarray(tables.user[-1], dtype=np.float32), None)  # users/ is not deployed
         layout += [
             {"kind": "mean", "of": "liked", "array": "item_id_table"},
             {"kind": "mean", "of": "noped", "array": "item_id_table"},
-            {"kind": "constant", "array": "user_oov"},
         ]
+        if tables.user.shape[1] > 0:  # a user-id vector (model.user_id_vector): the edge always feeds the OOV row
+            arrays["user_oov"] = (np.asarray(tables.user[-1], dtype=np.float32), None)  # users/ is not deployed
+            layout.append({"kind": "constant", "array": "user_oov"})
     return layout, arrays
 
 

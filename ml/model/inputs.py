@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class IdTables:
-    """Item-id table (n_items + 1, d) and user-id table (n_users + 1, d); the last row is OOV."""
+    """Item-id table (n_items + 1, d) and user-id table (n_users + 1, d or 0); the last row is OOV."""
 
     item: np.ndarray
     user: np.ndarray
@@ -34,9 +34,10 @@ class IdTables:
         for name, table in (("item", self.item), ("user", self.user)):
             if table.ndim != 2 or len(table) < 1:
                 raise ValueError(f"IdTables.{name} has shape {table.shape}; it must be (rows + 1 OOV row, dim)")
-        if self.item.shape[1] != self.user.shape[1]:
+        if self.user.shape[1] not in (0, self.item.shape[1]):
             raise ValueError(f"IdTables: item table is {self.item.shape[1]}-d, user table {self.user.shape[1]}-d; "
-                             "both come from one model.id_embedding_dim")
+                             "both come from one model.id_embedding_dim (a user table of width 0: no user-id vector, "
+                             "model.user_id_vector=false)")
 
     @classmethod
     def empty(cls, n_items: int, n_users: int) -> "IdTables":
@@ -96,7 +97,7 @@ def user_tower_inputs(
     user the model does not know (OOV row). `item_id_rows` maps rows of `item_features` to
     rows of `tables.item` when they are not the model's catalog (default: the same rows; -1 =
     unknown item, OOV row). Row layout: [content (pipeline.user_matrix) ; mean liked item-id
-    vector ; mean noped item-id vector ; user-id vector].
+    vector ; mean noped item-id vector ; user-id vector (width 0 without one)].
     """
     n_users = len(profiles)
     user_rows = np.asarray(user_rows, np.int64)

@@ -59,13 +59,22 @@ class RetrievalTask(keras.layers.Layer):
     """In-batch softmax over likes with accidental-hit masking and logQ correction.
 
     loss = mean over like rows r of -log softmax_r(logits)[r], with
-    logits[r, c] = cos(u_r, i_c) / temperature - log q(item_c), and logits[r, c] = -1e9 for
-    c != r when item_c == item_r or (user_c == user_r and row c is a like).
+    logits[r, c] = cos(u_r, i_c) / temperature - logq_weight * log q(item_c), and
+    logits[r, c] = -1e9 for c != r when item_c == item_r or (user_c == user_r and row c is a like).
+
+    `logq_weight` 1 is the textbook correction (the batch softmax then estimates the full
+    softmax over the catalog); above 1 it also discounts popularity in what the cosine learns,
+    0 turns the correction off.
     """
 
-    def __init__(self, temperature: float = 0.1, name: str = "retrieval", **kwargs) -> None:
+    def __init__(self, temperature: float = 0.1, logq_weight: float = 1.0, name: str = "retrieval",
+                 **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         self.temperature = _check_temperature(name, temperature)
+        if not logq_weight >= 0:
+            raise ValueError(f"{name}: logq_weight={logq_weight} must be >= 0 (1 = the standard logQ correction, "
+                             "0 = none)")
+        self.logq_weight = float(logq_weight)
 
     def call(self, query, candidate, labels, item_index=None, user_index=None, item_log_q=None):
         _check_pair(self.name, query, candidate)
@@ -86,14 +95,14 @@ class RetrievalTask(keras.layers.Layer):
         logits = scores
         if item_log_q is not None:
             log_q = ops.cast(_column(self.name, "item_log_q", item_log_q, batch), scores.dtype)
-            logits = logits - log_q[None, :]
+            logits = logits - self.logq_weight * log_q[None, :]
         logits = ops.where(mask, ops.full_like(logits, MASKED_LOGIT), logits)
         log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
         diag = ops.sum(ops.where(eye, log_probs, ops.zeros_like(log_probs)), axis=1)
         return -ops.sum(diag * labels) / ops.maximum(ops.sum(labels), 1.0)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "temperature": self.temperature}
+        return {**super().get_config(), "temperature": self.temperature, "logq_weight": self.logq_weight}
 
 
 @keras.saving.register_keras_serializable(package="towerops")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 from keras import ops
 
 from ml.model.inputs import IdTables
@@ -63,6 +64,7 @@ class TwoTowerModel(keras.Model):
         temperature: float = 0.1,
         bce_weight: float = 1.0,
         id_stage: IdStage | None = None,
+        logq_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,8 +81,10 @@ class TwoTowerModel(keras.Model):
         self.id_stage = id_stage
         self.temperature = float(temperature)
         self.bce_weight = float(bce_weight)
-        self.retrieval_task = RetrievalTask(temperature=temperature)
-        self.rating_task = RatingTask(temperature=temperature)
+        self.logq_weight = float(logq_weight)
+        # the losses compute in float32 under a mixed-precision policy too (softmax at temperature 0.1, logQ)
+        self.retrieval_task = RetrievalTask(temperature=temperature, logq_weight=logq_weight, dtype="float32")
+        self.rating_task = RatingTask(temperature=temperature, dtype="float32")
         self.retrieval_loss_tracker = keras.metrics.Mean(name="retrieval_loss")
         self.rating_loss_tracker = keras.metrics.Mean(name="rating_loss")
         self.auc_metric = keras.metrics.AUC(name="auc")
@@ -93,19 +97,21 @@ class TwoTowerModel(keras.Model):
 
         With `n_items` and `n_users` (vocabulary sizes) and `cfg.id_embedding_dim > 0` the
         towers get the ID stage: the item core then reads item_dim + d columns, the user core
-        user_dim + 3d. Regularisation is the optimizer's weight decay (`ml.model.optim`), so
+        user_dim + 2d (+ d more with `cfg.user_id_vector`). Regularisation is the optimizer's weight decay (`ml.model.optim`), so
         the Dense layers carry no kernel penalty.
         """
         d = int(getattr(cfg, "id_embedding_dim", 0) or 0)
         id_stage = None
         if d > 0 and n_items and n_users:
             id_stage = IdStage(n_items, n_users, d, id_dropout=float(getattr(cfg, "id_dropout", 0.0)), seed=seed,
-                               history_dropout=float(getattr(cfg, "history_dropout", 0.0)))
-        user_in = user_dim + (3 * d if id_stage else 0)
+                               history_dropout=float(getattr(cfg, "history_dropout", 0.0)),
+                               user_vector=bool(getattr(cfg, "user_id_vector", True)))
+        user_in = user_dim + ((3 if id_stage.user_vector else 2) * d if id_stage else 0)
         item_in = item_dim + (d if id_stage else 0)
         user_tower = build_tower(user_in, cfg.hidden_units, cfg.user_embedding_dim, cfg.dropout_rate, 0.0, "user_tower")
         item_tower = build_tower(item_in, cfg.hidden_units, cfg.item_embedding_dim, cfg.dropout_rate, 0.0, "item_tower")
-        return cls(user_tower, item_tower, temperature=cfg.temperature, bce_weight=bce_weight, id_stage=id_stage)
+        return cls(user_tower, item_tower, temperature=cfg.temperature, bce_weight=bce_weight, id_stage=id_stage,
+                   logq_weight=float(getattr(cfg, "logq_weight", 1.0)))
 
     def build(self, input_shape=None) -> None:
         """Nothing to create: the towers are built functional models, the tables and the rating bias
@@ -138,7 +144,10 @@ class TwoTowerModel(keras.Model):
         """The current ID tables as numpy (width 0 for a content-only model)."""
         if self.id_stage is None:
             return IdTables.empty(0, 0)
-        return IdTables(ops.convert_to_numpy(self.id_stage.item_table), ops.convert_to_numpy(self.id_stage.user_table))
+        ids = self.id_stage
+        user = ops.convert_to_numpy(ids.user_table) if ids.user_table is not None else \
+            np.zeros((ids.n_users + 1, 0), np.float32)
+        return IdTables(ops.convert_to_numpy(ids.item_table), user)
 
     # --------------------------------------------------------------------- loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -165,6 +174,7 @@ class TwoTowerModel(keras.Model):
             "id_stage": keras.saving.serialize_keras_object(self.id_stage) if self.id_stage is not None else None,
             "temperature": self.temperature,
             "bce_weight": self.bce_weight,
+            "logq_weight": self.logq_weight,
         }
 
     @classmethod

@@ -54,3 +54,31 @@ class EmbeddingHealth(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs.update(self.figures(self.model))
+
+
+class RankingMetric(keras.callbacks.Callback):
+    """Adds a full-catalog ranking metric of the validation part (`val_ndcg_at_10`, ...) to each epoch's logs.
+
+    The in-batch softmax loss is a poor guide to when ranking stops improving (it keeps
+    rising while NDCG@10 still climbs), so early stopping and the checkpoint can watch this
+    instead. Same protocol as tuning and offline evaluation, validation part only.
+    """
+
+    def __init__(self, trainer: "TwoTowerTrainer", metric: str) -> None:
+        super().__init__()
+        from ml.evaluation.validation import ValidationRanking
+
+        self.metric = metric
+        self.ranking = ValidationRanking(trainer, metric, _ranking_k(metric))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs[self.metric] = self.ranking(self.model)
+
+
+def _ranking_k(metric: str) -> int:
+    head, sep, k = metric.rpartition("_at_")
+    if not (metric.startswith("val_") and sep and k.isdigit() and int(k) > 0):
+        raise ValueError(f"training.early_stopping_metric={metric!r}: use val_loss or val_<metric>_at_<k>, "
+                         "e.g. val_ndcg_at_10")
+    return int(k)

@@ -227,18 +227,30 @@ class TwoTowerTrainer:
             self.distribution = setup_distribution(self.config)
         return self.distribution
 
-    def build_model(self, strategy: Any | None = None):
-        """Build and compile the model; under `strategy.scope()` so its variables are mirrored."""
+    def precision_policy(self) -> str:
+        """The Keras dtype policy training runs under (`training.mixed_precision`; auto: mixed_float16 on a GPU)."""
+        from ml.training.precision import resolve_precision
+
+        return resolve_precision(self.config.training.mixed_precision)
+
+    def build_model(self, strategy: Any | None = None, policy: str = "float32"):
+        """Build and compile the model; under `strategy.scope()` so its variables are mirrored.
+
+        `policy` is the Keras dtype policy of its layers: "float32" for the model that is
+        exported, "mixed_float16"/"mixed_bfloat16" for training on a GPU (variables stay
+        float32, so the weights copy one to one into a float32 model afterwards).
+        """
         import keras
 
         from ml.model.optim import decoupled_weight_decay_optimizer
         from ml.model.two_tower import TwoTowerModel
+        from ml.training.precision import dtype_policy
 
         cfg = self.config
         keras.utils.set_random_seed(cfg.training.seed)
         n_items = len(self.prepared.item_ids) if self.prepared is not None else None
         n_users = len(self.prepared.user_ids) if self.prepared is not None else None
-        with strategy.scope() if strategy is not None else nullcontext():
+        with strategy.scope() if strategy is not None else nullcontext(), dtype_policy(policy):
             model = TwoTowerModel.from_config_object(cfg.model, self.pipeline.user_dim, self.pipeline.item_dim,
                                                      bce_weight=cfg.training.bce_weight, n_items=n_items,
                                                      n_users=n_users, seed=cfg.training.seed)
@@ -255,17 +267,19 @@ class TwoTowerTrainer:
 
         cfg = self.config.training
         dist = self.ensure_distribution()
-        self.model = self.build_model(dist.strategy if dist.distributed else None)
+        policy = self.precision_policy()
+        self.model = self.build_model(dist.strategy if dist.distributed else None, policy)
         from ml.training.callbacks import EmbeddingHealth
 
-        monitor = "val_loss" if valid is not None else "loss"
+        monitor, mode, ranking = self._monitor(valid is not None)
         ckpt_dir = self.model_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         callbacks = [
             EmbeddingHealth(self),  # first: the figures land in the logs every later callback sees
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True,
+            *([ranking] if ranking is not None else []),
+            keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, restore_best_weights=True,
                                           verbose=0),
-            keras.callbacks.ModelCheckpoint(str(ckpt_dir / "best.weights.h5"), monitor=monitor,
+            keras.callbacks.ModelCheckpoint(str(ckpt_dir / "best.weights.h5"), monitor=monitor, mode=mode,
                                             save_best_only=True, save_weights_only=True),
             EpochProgress(cfg.epochs),
             *self.callbacks,
@@ -279,14 +293,28 @@ class TwoTowerTrainer:
             train_ds = _batched_dataset(x_train, y_train, batch_size, shuffle_seed=cfg.seed, drop_remainder=False)
             val_ds = None if valid is None else _batched_dataset(valid[0], valid[1], min(cfg.batch_size, len(valid[1])),
                                                                  shuffle_seed=None, drop_remainder=False)
-            log.info("training %d epochs max, batch %d, %d examples, %d steps per execution%s", cfg.epochs, batch_size,
-                     len(y_train), cfg.steps_per_execution, ", XLA" if cfg.jit_compile else "")
+            log.info("training %d epochs max, batch %d, %d examples, %d steps per execution%s%s", cfg.epochs,
+                     batch_size, len(y_train), cfg.steps_per_execution, ", XLA" if cfg.jit_compile else "",
+                     "" if policy == "float32" else f", {policy}")
             hist = self.model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, verbose=0, callbacks=callbacks,
                                   shuffle=False)  # the pipeline shuffles (Keras warns otherwise)
             self.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        series = self.history.get(monitor, [])
-        self.best_epoch = int(np.argmin(series)) if series else None
+            if policy != "float32":
+                self.model = self._float32_copy(self.model, x_train)
+        series = [v if np.isfinite(v) else (np.inf if mode == "min" else -np.inf) for v in self.history.get(monitor, [])]
+        self.best_epoch = (int(np.argmin(series)) if mode == "min" else int(np.argmax(series))) if series else None
         return self.history
+
+    def _monitor(self, has_validation: bool) -> tuple[str, str, Any]:
+        """(logged metric, 'min'/'max', the callback that computes it or None) for early stopping."""
+        metric = self.config.training.early_stopping_metric
+        if not has_validation:
+            return "loss", "min", None
+        if metric == "val_loss":
+            return metric, "min", None
+        from ml.training.callbacks import RankingMetric
+
+        return metric, "max", RankingMetric(self, metric)
 
     def _fit_distributed(self, dist: "Distribution", x_train: dict, y_train: np.ndarray,
                          valid: tuple[dict, np.ndarray] | None, callbacks: list) -> dict[str, list[float]]:
@@ -333,11 +361,15 @@ class TwoTowerTrainer:
         else:
             hist = self.model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, verbose=0, callbacks=callbacks)
             history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        self.model = self._float32_copy(self.model, x_train)
+        return history
+
+    def _float32_copy(self, trained: Any, x_train: dict) -> Any:
+        """An undistributed float32 model holding `trained`'s weights: what export, serving and TF.js get."""
         plain = self.build_model(None)
         plain({k: v[:2] for k, v in x_train.items()}, training=False)  # build, so the bundle saves it whole
-        plain.set_weights(self.model.get_weights())
-        self.model = plain
-        return history
+        plain.set_weights(trained.get_weights())
+        return plain
 
     def train(
         self,

@@ -68,8 +68,8 @@ def test_the_layout_builds_the_engines_cold_user_inputs(bundle_copy) -> None:
         assert doc["layout"][4] == {"kind": "standardize", "mean": "user_mean", "scale": "user_scale"}
         rest = kinds[5:]
     if b.id_tables.dim:                                                  # the hybrid towers' ID part, in order
-        assert rest == [("mean", "liked", "item_id_table"), ("mean", "noped", "item_id_table"),
-                             ("constant", None, "user_oov")]
+        own = [("constant", None, "user_oov")] if b.id_tables.user.shape[1] else []   # model.user_id_vector
+        assert rest == [("mean", "liked", "item_id_table"), ("mean", "noped", "item_id_table"), *own]
         assert doc["arrays"]["item_id_table"]["path"] == "embeddings/item_id_table.npy"
 
     arrays = _arrays(bundle_copy / "tfjs", doc)

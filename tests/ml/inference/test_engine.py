@@ -70,13 +70,14 @@ def test_cold_user_embedding_is_the_keras_user_tower_on_the_history(tiny_model_d
                         tables.item[noped].mean(0, keepdims=True), tables.user[-1:]], axis=1).astype(np.float32)
     np.testing.assert_allclose(emb, np.asarray(b.user_tower(x, training=False))[0], atol=1e-5)
     assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
-    # a known user sending new swipes keeps their own id vector (and their stored history)
+    # a known user sending new swipes keeps their own id vector, if the model has one, and their stored history
     seen, labels = b.history(0)
     known = engine.embed_history(np.r_[seen[labels == 1], liked], np.r_[seen[labels == 0], noped], b.profiles[0],
                                  user_row=0)
     x0 = b.user_inputs(b.profiles[:1], np.zeros(len(seen) + 4, np.int64), np.r_[seen, liked, noped],
                        np.r_[labels, [1, 1, 1, 0]], id_rows=np.array([0]))
-    np.testing.assert_allclose(x0[0, -tables.dim:], tables.user[0])
+    w = tables.user.shape[1]  # 0 without model.user_id_vector (the default): nothing of the own id then
+    np.testing.assert_allclose(x0[0, x0.shape[1] - w:], tables.user[0])
     np.testing.assert_allclose(known, np.asarray(b.user_tower(x0, training=False))[0], atol=1e-5)
 
 

@@ -73,12 +73,13 @@ def test_pooled_history_is_the_masked_mean() -> None:
     np.testing.assert_array_equal(pooled, [[0.5, 0.5], [0, 0], [0, 1]])
 
 
-def _hybrid(seed: int = 0) -> TwoTowerModel:
+def _hybrid(seed: int = 0, user_vector: bool = True) -> TwoTowerModel:
     keras.utils.set_random_seed(seed)
     d = 2
-    user = build_tower(3 + 3 * d, [4], 2, 0.0, 0.0, "user_tower")
+    user = build_tower(3 + (3 if user_vector else 2) * d, [4], 2, 0.0, 0.0, "user_tower")
     item = build_tower(3 + d, [4], 2, 0.0, 0.0, "item_tower")
-    return TwoTowerModel(user, item, temperature=0.5, id_stage=IdStage(n_items=2, n_users=2, dim=d, seed=seed))
+    return TwoTowerModel(user, item, temperature=0.5,
+                         id_stage=IdStage(n_items=2, n_users=2, dim=d, seed=seed, user_vector=user_vector))
 
 
 def _inputs() -> dict:
@@ -99,10 +100,11 @@ def test_cold_item_still_depends_on_content() -> None:
     np.testing.assert_allclose(np.asarray(items)[0], np.asarray(items2)[0], atol=1e-6)
 
 
-def test_numpy_inputs_equal_the_graph() -> None:
+@pytest.mark.parametrize("user_vector", [True, False])
+def test_numpy_inputs_equal_the_graph(user_vector: bool) -> None:
     from ml.model.inputs import user_tower_inputs
 
-    model = _hybrid()
+    model = _hybrid(user_vector=user_vector)
     x = _inputs()
     user_x, item_x = (np.asarray(t) for t in model.tower_inputs(x))
     tables = model.id_tables()
@@ -118,11 +120,14 @@ def test_numpy_inputs_equal_the_graph() -> None:
     np_user = user_tower_inputs(_Content(), np.zeros((2, 1)), tables, x["user_features"], hist_u, hist_i, hist_y,
                                 id_rows=x["user_id"])
     np.testing.assert_allclose(np_user, user_x, atol=1e-6)
+    assert np_user.shape == (3, 3 + (3 if user_vector else 2) * 2)   # [content ; liked ; noped (; own id)]
+    assert tables.user.shape == ((3, 2) if user_vector else (3, 0))
     np.testing.assert_allclose(item_tower_inputs(x["item_features"], tables, x["item_id"]), item_x, atol=1e-6)
 
 
-def test_hybrid_save_and_reload_give_identical_outputs(tmp_path) -> None:
-    model = _hybrid()
+@pytest.mark.parametrize("user_vector", [True, False])
+def test_hybrid_save_and_reload_give_identical_outputs(tmp_path, user_vector: bool) -> None:
+    model = _hybrid(user_vector=user_vector)
     x = _inputs()
     before = model(x)
     model.save(tmp_path / "m.keras")
@@ -131,6 +136,7 @@ def test_hybrid_save_and_reload_give_identical_outputs(tmp_path) -> None:
     for a, b in zip(before, after):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(again.id_tables().item, model.id_tables().item)
+    assert again.id_stage.user_vector is user_vector
 
 
 def test_missing_id_inputs_are_named() -> None:
@@ -140,3 +146,14 @@ def test_missing_id_inputs_are_named() -> None:
         _hybrid()(x)
     with pytest.raises(ValueError, match="n_items=0 must be >= 1"):
         IdStage(n_items=0, n_users=2, dim=2)
+
+
+def test_without_the_user_vector_the_own_id_changes_nothing() -> None:
+    """user_vector=False: the user core sees content and the pooled history only, so a user's own id
+    (known, another one, or unknown) leaves the user embedding as it is."""
+    model = _hybrid(user_vector=False)
+    x = _inputs()
+    users, _ = model(x)
+    users2, _ = model({**x, "user_id": np.array([1, -1, 0])})
+    np.testing.assert_array_equal(np.asarray(users), np.asarray(users2))
+    assert model.id_stage.user_table is None

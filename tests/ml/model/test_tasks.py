@@ -58,6 +58,21 @@ def test_log_q_correction_shifts_each_column() -> None:
     assert loss == pytest.approx(-(a - math.log(math.exp(a) + math.exp(b))), rel=1e-6)
 
 
+@pytest.mark.parametrize("weight", [0.0, 1.5, 2.0])
+def test_log_q_weight_scales_the_correction(weight: float) -> None:
+    log_q = np.array([math.log(0.5), math.log(0.1)], "float32")
+    task = RetrievalTask(temperature=1.0, logq_weight=weight)
+    loss = _loss(task, EYE, EYE, np.array([1.0, 0.0], "float32"), item_log_q=log_q)
+    a, b = 1 - weight * math.log(0.5), 0 - weight * math.log(0.1)
+    assert loss == pytest.approx(-(a - math.log(math.exp(a) + math.exp(b))), rel=1e-6)
+    assert RetrievalTask.from_config(task.get_config()).logq_weight == weight
+
+
+def test_log_q_weight_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=r"logq_weight=-1.0 must be >= 0 \(1 = the standard logQ correction"):
+        RetrievalTask(logq_weight=-1.0)
+
+
 def test_rating_task_by_hand() -> None:
     task = RatingTask(temperature=0.5)
     u = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")

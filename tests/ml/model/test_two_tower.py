@@ -125,6 +125,8 @@ def test_sampling_bias_correction_subtracts_log_q() -> None:
     y = np.array([1.0, 0.0], "float32")
     log_q = np.array([math.log(0.5), math.log(0.1)], "float32")
     loss = float(model.compute_loss(x={"item_log_q": log_q}, y=y, y_pred=(u, i)))
-    # row 0 logits: [1 - log .5, 0 - log .1]; the target is column 0
-    a, b = 1 - math.log(0.5), -math.log(0.1)
+    w = model.logq_weight
+    assert w == ModelConfig().logq_weight == 1.5     # the config's weight reaches the retrieval task
+    # row 0 logits: [1 - w log .5, 0 - w log .1]; the target is column 0
+    a, b = 1 - w * math.log(0.5), -w * math.log(0.1)
     assert loss == pytest.approx(-(a - math.log(math.exp(a) + math.exp(b))), rel=1e-5)

@@ -119,3 +119,30 @@ def test_validation_loss_recomputed_from_the_export_is_the_best_epochs(stopped) 
     got = model.evaluate(x_val, y_val, batch_size=min(128, len(y_val)), verbose=0, return_dict=True)
     assert got["loss"] == pytest.approx(history["val_loss"][best], rel=1e-4)
     assert got["loss"] < history["val_loss"][-1]
+
+
+def test_early_stopping_on_a_validation_ranking_metric(tiny_synth, tiny_config, tmp_path) -> None:
+    """training.early_stopping_metric=val_ndcg_at_10: the metric is in every epoch's history, the
+    best epoch is its maximum, and the bundle keeps that epoch's figures."""
+    from ml.evaluation.validation import ValidationRanking
+    from ml.training.trainer import create_standard_trainer
+
+    tiny_config["training"].update({"epochs": 3, "patience": 3, "early_stopping_metric": "val_ndcg_at_10"})
+    trainer = create_standard_trainer(tmp_path / "model", tiny_config)
+    history = trainer.train(dataset=tiny_synth.dataset)
+    values = history["val_ndcg_at_10"]
+    assert len(values) == len(history["loss"]) == 3 and all(0 <= v <= 1 for v in values)
+    assert trainer.best_epoch == int(np.argmax(values))
+    meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert meta["best_epoch"] == trainer.best_epoch
+    assert meta["final_metrics"]["val_ndcg_at_10"] == pytest.approx(max(values))
+    # the restored (best) weights rank the validation part as that epoch did
+    assert ValidationRanking(trainer, "val_ndcg_at_10", 10)(trainer.model) == pytest.approx(max(values), abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["ndcg_at_10", "val_ndcg", "val_ndcg_at_0", "loss"])
+def test_unknown_early_stopping_metric_is_refused_by_the_config(metric: str) -> None:
+    from ml.config import load_config
+
+    with pytest.raises(ValueError, match="early_stopping_metric.*val_loss or a validation ranking metric"):
+        load_config(None, {"training.early_stopping_metric": metric})

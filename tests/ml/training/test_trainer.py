@@ -56,7 +56,9 @@ def test_bundle_holds_every_part(tiny_model_dir) -> None:
     bundle = load_bundle(tiny_model_dir)
     d = ModelConfig().id_embedding_dim                       # TINY_CONFIG keeps the default ID width
     assert bundle.id_tables.dim == meta["id_embedding_dim"] == d
-    assert bundle.id_tables.item.shape == (201, d) and bundle.id_tables.user.shape == (301, d)
+    # no user-id vector by default (model.user_id_vector): the user table has the users' rows and width 0
+    assert bundle.id_tables.item.shape == (201, d) and bundle.id_tables.user.shape == (301, 0)
+    assert bundle.towers().user_tower.input_shape[-1] == bundle.pipeline.user_dim + 2 * d
 
 
 def test_cold_item_and_user_fall_back_to_the_oov_row(tiny_synth, tiny_config, tmp_path) -> None:
@@ -65,7 +67,8 @@ def test_cold_item_and_user_fall_back_to_the_oov_row(tiny_synth, tiny_config, tm
     ds = tiny_synth.dataset
     items = pd.concat([ds.items, ds.items.iloc[[0]].assign(item_id="i_new")], ignore_index=True)
     users = pd.concat([ds.users, ds.users.iloc[[0]].assign(user_id="u_new")], ignore_index=True)
-    config = {**tiny_config, "training": {**tiny_config["training"], "epochs": 1}}
+    config = {**tiny_config, "training": {**tiny_config["training"], "epochs": 1},
+              "model": {**tiny_config["model"], "user_id_vector": True}}
     create_standard_trainer(model_dir=tmp_path / "m", config=config).train(
         user_features=users, item_features=items, interactions=ds.interactions.drop(columns=["label"]))
     b = load_bundle(tmp_path / "m")
