@@ -36,6 +36,17 @@ ALL_METRICS: tuple[str, ...] = RANKING_METRICS + CATALOG_METRICS + GLOBAL_METRIC
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
 
 
+def validation_ranking_metric(name: str) -> tuple[str, int] | None:
+    """`val_<ranking metric>_at_<K>` (e.g. `val_ndcg_at_10`) as (metric, K); None for any other name.
+
+    The one reading of such names for early stopping, tuning objectives and the per-epoch
+    validation ranking, so all three accept exactly the same ones."""
+    import re
+
+    m = re.fullmatch(r"val_(" + "|".join(RANKING_METRICS) + r")_at_([1-9][0-9]*)", name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 def metric_key(metric: str, k: int | None = None) -> str:
     """The name logged to MLflow: `ndcg_at_10`, `auc`."""
     return metric if k is None or metric in GLOBAL_METRICS else f"{metric}_at_{k}"
@@ -202,5 +213,5 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 __all__ = [
     "ALL_METRICS", "CATALOG_METRICS", "DEFAULT_KS", "GLOBAL_METRICS", "RANKING_METRICS",
     "auc", "catalog_coverage", "hits_from_csr", "item_self_information", "metric_key", "novelty",
-    "parse_ks", "parse_metrics", "ranking_metrics",
+    "parse_ks", "parse_metrics", "ranking_metrics", "validation_ranking_metric",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.evaluation.metrics import RANKING_METRICS, metric_key
+from ml.evaluation.metrics import RANKING_METRICS, metric_key, validation_ranking_metric
 from ml.evaluation.protocol import EvalSplit, build_split, embedding_scorer, history_of, rank_system, system_metrics
 from ml.model.inputs import item_tower_inputs, user_tower_inputs
 
@@ -21,10 +21,11 @@ class ValidationRanking:
 
     def __init__(self, trainer: Any, metric: str, k: int, batch_users: int = 2048) -> None:
         p = trainer.prepared
-        self.name = metric.removeprefix("val_").rsplit("_at_", 1)[0]
-        if self.name not in RANKING_METRICS:
+        parsed = validation_ranking_metric(metric)
+        if parsed is None or parsed[1] != int(k):
             raise ValueError(f"objective metric {metric!r} is not a ranking metric: use val_<metric>_at_<k> with one of "
                              f"{', '.join(RANKING_METRICS)}, or val_loss")
+        self.name = parsed[0]
         training = trainer.config.training
         shares = {"validation_split": float(training.validation_split),
                   "test_split": float(getattr(training, "test_split", 0.0) or 0.0)}
@@ -69,3 +70,13 @@ def _embed(tower: Any, features: np.ndarray, batch: int = 8192) -> np.ndarray:
     if len(features) == 0:
         return np.zeros((0, 0), np.float32)
     return np.concatenate([np.asarray(tower(features[i:i + batch], training=False)) for i in range(0, len(features), batch)])
+
+
+def stopping_metric_k(metric: str) -> int:
+    """K of a ranking `training.early_stopping_metric` (val_ndcg_at_10 -> 10); ValueError naming the value
+    otherwise. `train_run` calls it before any MLflow run starts, so a typo costs no half-done run."""
+    parsed = validation_ranking_metric(metric)
+    if parsed is None:
+        raise ValueError(f"training.early_stopping_metric={metric!r} is not one towerops computes: use val_loss or "
+                         f"val_<metric>_at_<k> with <metric> one of {', '.join(RANKING_METRICS)}, e.g. val_ndcg_at_10")
+    return parsed[1]

@@ -143,6 +143,10 @@ def train_run(
 
     t_imports = time.perf_counter() - t0
     config = load_training_config(config_path, overrides)  # bad config: error before any run (default: towerops.yaml)
+    if config.training.early_stopping_metric != "val_loss":
+        from ml.evaluation.validation import stopping_metric_k
+
+        stopping_metric_k(config.training.early_stopping_metric)  # an unknown ranking metric: same
     plan = plan_distribution(config)  # bad strategy or TF_CONFIG: same
     dataset = data if isinstance(data, Dataset) else load_dataset(  # bad data: same
         str(data), rating_scale=config.data.rating_scale, like_threshold=config.data.like_threshold)

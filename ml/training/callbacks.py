@@ -66,19 +66,12 @@ class RankingMetric(keras.callbacks.Callback):
 
     def __init__(self, trainer: "TwoTowerTrainer", metric: str) -> None:
         super().__init__()
-        from ml.evaluation.validation import ValidationRanking
+        from ml.evaluation.validation import ValidationRanking, stopping_metric_k
 
         self.metric = metric
-        self.ranking = ValidationRanking(trainer, metric, _ranking_k(metric))
+        self.ranking = ValidationRanking(trainer, metric, stopping_metric_k(metric))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs[self.metric] = self.ranking(self.model)
 
-
-def _ranking_k(metric: str) -> int:
-    head, sep, k = metric.rpartition("_at_")
-    if not (metric.startswith("val_") and sep and k.isdigit() and int(k) > 0):
-        raise ValueError(f"training.early_stopping_metric={metric!r}: use val_loss or val_<metric>_at_<k>, "
-                         "e.g. val_ndcg_at_10")
-    return int(k)

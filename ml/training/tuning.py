@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -334,7 +333,7 @@ class TuningSpec:
     @property
     def ranking_k(self) -> int | None:
         m = _ranking_match(self.metric)
-        return int(m.group(2)) if m else None
+        return m[1] if m else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -359,11 +358,11 @@ class TuningSpec:
         return key
 
 
-def _ranking_match(metric: str) -> re.Match | None:
-    """`val_<ranking metric>_at_<K>` (ml.evaluation.metrics' names), else None."""
-    from ml.evaluation.metrics import RANKING_METRICS
+def _ranking_match(metric: str) -> tuple[str, int] | None:
+    """(metric, K) of `val_<ranking metric>_at_<K>` (ml.evaluation.metrics' reading), else None."""
+    from ml.evaluation.metrics import validation_ranking_metric
 
-    return re.fullmatch(r"val_(" + "|".join(RANKING_METRICS) + r")_at_([1-9][0-9]*)", metric)
+    return validation_ranking_metric(metric)
 
 
 def objective_metrics_help() -> str:
