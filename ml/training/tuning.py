@@ -48,9 +48,13 @@ TUNABLE: dict[str, str] = {
     "l2_regularization": "model.l2_regularization",
     "hidden_units": "model.hidden_units",
     "temperature": "model.temperature",
+    "logq_weight": "model.logq_weight",
+    "id_embedding_dim": "model.id_embedding_dim",
+    "id_dropout": "model.id_dropout",
+    "history_dropout": "model.history_dropout",
 }
 """Searchable parameters and the config keys they set."""
-_INT_PARAMS = {"batch_size"}
+_INT_PARAMS = {"batch_size", "id_embedding_dim"}
 _LIST_PARAMS = {"hidden_units"}
 _MINIMIZE = {"val_loss", "val_retrieval_loss", "val_rating_loss"}
 DEFAULT_METRIC = "val_ndcg_at_10"
@@ -87,10 +91,13 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "l2_regularization": {"low": 1.0e-6, "high": 1.0e-1, "log": True},
     "hidden_units": {"choices": [[256, 128], [512, 256, 128], [1024, 512, 256]]},
     "temperature": {"low": 0.03, "high": 0.5, "log": True},
+    "logq_weight": {"low": 0.0, "high": 2.5},
+    "history_dropout": {"low": 0.0, "high": 0.8},
 }
 """The search space when a tuning file gives none (configs/tuning.yaml spells it out)."""
 SEED_POINT: dict[str, Any] = {"learning_rate": 0.001, "batch_size": 256, "dropout_rate": 0.2,
-                              "l2_regularization": 0.01, "hidden_units": [512, 256, 128], "temperature": 0.1}
+                              "l2_regularization": 0.01, "hidden_units": [512, 256, 128], "temperature": 0.1,
+                              "logq_weight": 1.5, "history_dropout": 0.5}
 """The seed's defaults, tried first when the default search space is searched."""
 
 

@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.parametrize("metric", ["val_foo_at_10", "val_coverage_at_10"])
-def test_an_unknown_ranking_metric_stops_train_run_before_any_mlflow_run(metric: str, tmp_path, monkeypatch) -> None:
+def test_an_unknown_ranking_metric_stops_train_run_before_any_mlflow_run(metric: str, tmp_path) -> None:
     """The config's pattern admits val_<anything>_at_<k>; train_run then refuses a name no metric has, naming the
     value and the choices, before an MLflow run exists (nothing half-done to clean up)."""
     import mlflow
@@ -15,14 +15,15 @@ def test_an_unknown_ranking_metric_stops_train_run_before_any_mlflow_run(metric:
     from ml.data.synthetic import generate_synthetic, write_synthetic
     from ml.tracking.training import train_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a store of this test's own
     write_synthetic(generate_synthetic(n_users=30, n_items=20, n_interactions=300, seed=0), tmp_path / "data")
     with pytest.raises(ValueError, match=rf"training.early_stopping_metric='{metric}' is not one towerops computes.*"
                                          r"ndcg.*e\.g\. val_ndcg_at_10"):
         train_run(str(tmp_path / "data"), None, {"training.early_stopping_metric": metric}, experiment="refused")
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert runs == []
+    try:
+        assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_validation_ranking_metric_names() -> None:

@@ -74,7 +74,12 @@ def test_shipped_tuning_file_is_valid_for_the_shipped_config() -> None:
     spec = load_tuning_spec(REPO_ROOT / "configs" / "tuning.yaml")
     validate_space(spec, load_config(REPO_ROOT / "configs" / "training.json"))
     assert {p.name for p in spec.space} == {"learning_rate", "batch_size", "dropout_rate", "l2_regularization",
-                                            "hidden_units", "temperature"}
+                                            "hidden_units", "temperature", "logq_weight", "history_dropout"}
+    # the shipped file and the built-in default space (no search_space given) search the same ranges
+    from ml.training.tuning import DEFAULT_SPACE, SEED_POINT
+
+    assert {p.name: p.to_dict() for p in spec.space} == {p.name: p.to_dict() for p in tuning_spec_from_dict({}).space}
+    assert set(DEFAULT_SPACE) == set(SEED_POINT) and list(spec.enqueue) == [SEED_POINT]
     assert spec.direction == "maximize" and spec.ranking_k == 10 and spec.pruner == "median"
     assert load_tuning_spec(REPO_ROOT / "configs" / "tuning.yaml", n_trials=4, timeout_s=60.0).n_trials == 4
 
@@ -124,6 +129,9 @@ def test_apply_params_sets_config_keys_and_keeps_the_rest() -> None:
     assert cfg.training.learning_rate == 0.02 and cfg.model.hidden_units == [64, 32]
     assert cfg.model.temperature == 0.2 and cfg.training.batch_size == 32 and cfg.training.epochs == 5
     assert cfg.features.text_dim == 8 and cfg.model.user_embedding_dim == 16 and base.training.learning_rate == 0.005
+    ids = apply_params(base, {"logq_weight": 0.7, "history_dropout": 0.25, "id_dropout": 0.2, "id_embedding_dim": 8})
+    assert (ids.model.logq_weight, ids.model.history_dropout, ids.model.id_dropout, ids.model.id_embedding_dim) == \
+        (0.7, 0.25, 0.2, 8)
 
 
 def _runs(db: Path) -> list:
