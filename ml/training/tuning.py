@@ -36,6 +36,7 @@ from ml.config import (
     read_config_file,
     validate_config,
 )
+from ml.evaluation.metrics import validation_ranking_metric
 from ml.logs import get_logger
 from ml.secrets import describe_secret
 
@@ -98,7 +99,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 SEED_POINT: dict[str, Any] = {"learning_rate": 0.001, "batch_size": 256, "dropout_rate": 0.2,
                               "l2_regularization": 0.01, "hidden_units": [512, 256, 128], "temperature": 0.1,
                               "logq_weight": 1.5, "history_dropout": 0.5}
-"""The seed's defaults, tried first when the default search space is searched."""
+"""The seed's defaults and the ID stage's, tried first when the default search space is searched."""
 
 
 class ParamSpec(StrictModel):
@@ -218,7 +219,7 @@ class ObjectiveSection(StrictModel):
     @field_validator("metric")
     @classmethod
     def _known(cls, metric: str) -> str:
-        if metric not in _MINIMIZE and metric != "val_auc" and not _ranking_match(metric):
+        if metric not in _MINIMIZE and metric != "val_auc" and not validation_ranking_metric(metric):
             raise ValueError(f"is unknown: use {objective_metrics_help()}")
         return metric
 
@@ -339,7 +340,7 @@ class TuningSpec:
 
     @property
     def ranking_k(self) -> int | None:
-        m = _ranking_match(self.metric)
+        m = validation_ranking_metric(self.metric)
         return m[1] if m else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -363,13 +364,6 @@ class TuningSpec:
         for k in ("timeout_s", "storage", "study_name", "heartbeat_interval_s", "grace_period_s"):
             key.pop(k, None)
         return key
-
-
-def _ranking_match(metric: str) -> tuple[str, int] | None:
-    """(metric, K) of `val_<ranking metric>_at_<K>` (ml.evaluation.metrics' reading), else None."""
-    from ml.evaluation.metrics import validation_ranking_metric
-
-    return validation_ranking_metric(metric)
 
 
 def objective_metrics_help() -> str:
