@@ -6,7 +6,8 @@ would show them), in two settings with different mixes, one run:
 towerops with the default config, towerops content-only (`model.id_embedding_dim=0`),
 most-popular, implicit ALS and EASE, all ranked by the one evaluation protocol on the test part
 of the same per-user time split (`ml.evaluation`): NDCG@10, Recall@10, HR@10, coverage@10 and
-train time; the default config's embedding health; ratios of the default config to the best
+train time; the default config's embedding health; latent recovery (share of items whose nearest
+item shares the hidden community / the topic, for towerops and ALS's item factors); ratios of the default config to the best
 collaborative baseline and to the generator's oracle (P(shown) x P(liked), the ceiling of offline
 metrics on logged swipes). Prints one JSON object.
 
@@ -64,6 +65,24 @@ def _train(dataset: Any, overrides: dict[str, Any], folder: Path) -> tuple[Any, 
     return load_bundle(folder), time.perf_counter() - t0, len(next(iter(history.values()), []))
 
 
+def latent_recovery(synth: Any, vectors: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Per system (item ids, item vectors): the share of items whose nearest item by cosine shares the hidden
+    home community (what only who-liked-what reveals) and the dominant topic (what content reveals)."""
+    from ml.evaluation.metrics import neighbour_agreement
+
+    rows = {str(i): r for r, i in enumerate(synth.dataset.items["item_id"].astype(str))}
+    communities = synth.item_communities
+    out: dict[str, Any] = {"chance_community": None if communities is None else round(1 / communities.shape[1], 4),
+                           "chance_topic": round(1 / synth.item_topics.shape[1], 4)}
+    for name, (item_ids, v) in vectors.items():
+        order = [rows[str(i)] for i in item_ids]
+        topic = synth.item_topics[order].argmax(axis=1)
+        out[name] = {"community": None if communities is None else
+                     round(neighbour_agreement(v, communities[order].argmax(axis=1)), 4),
+                     "topic": round(neighbour_agreement(v, topic), 4)}
+    return out
+
+
 def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """One synthetic setting: data, both towerops configs, the baselines, the oracle, on one test split."""
     from ml.data.synthetic import generate_synthetic
@@ -79,6 +98,11 @@ def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str,
     content, content_s, content_epochs = _train(synth.dataset, {**common, "model.id_embedding_dim": 0},
                                                 tmp / f"content-{weight}")
     ev_content = evaluate_bundle(content, synth.dataset, ks=ks, metrics=names, baselines=(), seed=args.seed)
+    from ml.evaluation.baselines import als_factors
+
+    latent = latent_recovery(synth, {"towerops_default": (default.item_ids, default.item_embeddings),
+                                     "towerops_content_only": (content.item_ids, content.item_embeddings),
+                                     "als": (ev.split.item_ids, als_factors(ev.split, args.seed)[1])})
     m = ev.metrics
     systems = {
         "towerops_default": {**_system(m, "", default_s), "epochs_run": default_epochs},
@@ -110,6 +134,7 @@ def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str,
         "best_collaborative": best,
         "ratios": ratios,
         "health_default": health,
+        "latent_recovery": latent,
         "skipped_baselines": ev.skipped,
         "goals": {
             "default_ge_best_collaborative": (ratios["default_over_best_collaborative.ndcg_at_10"] or 0) >= 1.0,

@@ -218,6 +218,8 @@ class ModelConfig(StrictModel):
                                  "never has it; NDCG@10 was lower with it in bench/quality.py)")
     history_dropout: float = Field(0.5, description="share of each training row's history ids dropped before "
                                    "pooling (denoising; the user cannot be memorised by a fixed history)")
+    id_learning_rate_scale: float = Field(1.0, gt=0, description="how many times faster than the towers' Dense "
+                                          "layers the ID vectors learn (the tables are stored divided by it)")
 
     @field_validator("hidden_units", mode="before")
     @classmethod

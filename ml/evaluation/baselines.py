@@ -95,20 +95,31 @@ def _with_popular_fallback(split: EvalSplit, user_scores: ScoreFn, likes_per_use
     return score
 
 
-def als_scorer(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> ScoreFn:
-    """implicit ALS fitted on the history likes of all users (one BLAS thread: deterministic, no warning)."""
+def als_factors(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> tuple[np.ndarray, np.ndarray]:
+    """implicit ALS fitted on the history likes of all users (one BLAS thread: deterministic, no warning):
+    (user factors in History rows, item factors in catalog rows)."""
+    return _fit_als(split.history.likes_matrix(), seed, params)
+
+
+def _fit_als(likes, seed: int, params: AlsParams) -> tuple[np.ndarray, np.ndarray]:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    likes = split.history.likes_matrix()
     if likes.nnz == 0:
         raise BaselineSkipped("the history holds no likes to factorise")
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
                                         alpha=params.alpha, iterations=params.iterations, random_state=seed)
         model.fit(likes, show_progress=False)
-    users = np.asarray(model.user_factors, np.float32)[split.user_rows]
-    items_t = np.ascontiguousarray(np.asarray(model.item_factors, np.float32).T)
+    return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+
+
+def als_scorer(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> ScoreFn:
+    """Scores of `als_factors`; users without a history like get the popularity order."""
+    likes = split.history.likes_matrix()
+    user_factors, item_factors = _fit_als(likes, seed, params)
+    users = user_factors[split.user_rows]
+    items_t = np.ascontiguousarray(item_factors.T)
     return _with_popular_fallback(split, lambda rows: users[rows] @ items_t, np.diff(likes.indptr))
 
 

@@ -77,7 +77,8 @@ class IdStage(keras.layers.Layer):
     """Item-id and user-id embedding tables (known rows, then one OOV row) and history pooling."""
 
     def __init__(self, n_items: int, n_users: int, dim: int, id_dropout: float = 0.0, seed: int | None = None,
-                 history_dropout: float = 0.0, user_vector: bool = True, name: str = "id_stage", **kwargs) -> None:
+                 history_dropout: float = 0.0, user_vector: bool = True, learning_rate_scale: float = 1.0,
+                 name: str = "id_stage", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         for field, value in (("n_items", n_items), ("n_users", n_users), ("dim", dim)):
             if int(value) < 1:
@@ -87,11 +88,16 @@ class IdStage(keras.layers.Layer):
             raise ValueError(f"{name}: id_dropout={id_dropout} must be in [0, 1), e.g. 0.1")
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(f"{name}: history_dropout={history_dropout} must be in [0, 1), e.g. 0.5")
+        if not learning_rate_scale > 0:
+            raise ValueError(f"{name}: learning_rate_scale={learning_rate_scale} must be > 0, e.g. 10")
         self.history_dropout = float(history_dropout)
+        # the tables hold vectors / scale and every lookup multiplies by scale: Adam moves a weight by about
+        # the learning rate a step whatever its gradient, so the ID vectors learn `scale` times faster
+        self.learning_rate_scale = float(learning_rate_scale)
         self.n_items, self.n_users, self.dim = int(n_items), int(n_users), int(dim)
         self.id_dropout = float(id_dropout)
         self.seed = seed
-        init = keras.initializers.RandomNormal(stddev=ID_INIT_STDDEV, seed=seed)
+        init = keras.initializers.RandomNormal(stddev=ID_INIT_STDDEV / self.learning_rate_scale, seed=seed)
         self.item_table = self.add_weight(shape=(self.n_items + 1, self.dim), initializer=init, name="item_id_table")
         self.user_vector = bool(user_vector)
         self.user_table = self.add_weight(shape=(self.n_users + 1, self.dim), initializer=init, name="user_id_table") \
@@ -120,9 +126,18 @@ class IdStage(keras.layers.Layer):
         drop = keras.random.uniform(ops.shape(ids), seed=self._history_seed) < self.history_dropout
         return ops.where(drop, -1, ids)
 
+    def _scaled(self, x):
+        return x if self.learning_rate_scale == 1.0 else x * self.learning_rate_scale
+
     def item_vectors(self, item_id, training: bool = False):
         """(B,) item ids -> (B, dim) item-id vectors (OOV row for negative ids)."""
-        return ops.cast(ops.take(self.item_table, self._own_ids(item_id, self.n_items, training), axis=0), "float32")
+        return self._scaled(ops.cast(ops.take(self.item_table, self._own_ids(item_id, self.n_items, training),
+                                              axis=0), "float32"))
+
+    def tables(self) -> tuple:
+        """(item table, user table or None) as the vectors the lookups return (scale applied)."""
+        user = None if self.user_table is None else self._scaled(ops.convert_to_tensor(self.user_table))
+        return self._scaled(ops.convert_to_tensor(self.item_table)), user
 
     def user_vectors(self, user_id, liked_ids, noped_ids, training: bool = False):
         """[mean liked item vector ; mean noped item vector ; user-id vector], (B, 3 * dim); (B, 2 * dim) without
@@ -130,10 +145,11 @@ class IdStage(keras.layers.Layer):
         if training and self.history_dropout > 0:
             liked_ids = self._drop_history(liked_ids)
             noped_ids = self._drop_history(noped_ids)
-        parts = [masked_mean(self.item_table, liked_ids), masked_mean(self.item_table, noped_ids)]
+        parts = [self._scaled(masked_mean(self.item_table, liked_ids)),
+                 self._scaled(masked_mean(self.item_table, noped_ids))]
         if self.user_table is not None:
-            parts.append(ops.cast(ops.take(self.user_table, self._own_ids(user_id, self.n_users, training), axis=0),
-                                  "float32"))
+            parts.append(self._scaled(ops.cast(ops.take(self.user_table, self._own_ids(user_id, self.n_users,
+                                                                                       training), axis=0), "float32")))
         return ops.concatenate(parts, axis=1)
 
     def call(self, item_id):
@@ -142,4 +158,4 @@ class IdStage(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "n_items": self.n_items, "n_users": self.n_users, "dim": self.dim,
                 "id_dropout": self.id_dropout, "seed": self.seed, "history_dropout": self.history_dropout,
-                "user_vector": self.user_vector}
+                "user_vector": self.user_vector, "learning_rate_scale": self.learning_rate_scale}

@@ -105,7 +105,8 @@ class TwoTowerModel(keras.Model):
         if d > 0 and n_items and n_users:
             id_stage = IdStage(n_items, n_users, d, id_dropout=float(getattr(cfg, "id_dropout", 0.0)), seed=seed,
                                history_dropout=float(getattr(cfg, "history_dropout", 0.0)),
-                               user_vector=bool(getattr(cfg, "user_id_vector", True)))
+                               user_vector=bool(getattr(cfg, "user_id_vector", True)),
+                               learning_rate_scale=float(getattr(cfg, "id_learning_rate_scale", 1.0)))
         user_in = user_dim + ((3 if id_stage.user_vector else 2) * d if id_stage else 0)
         item_in = item_dim + (d if id_stage else 0)
         user_tower = build_tower(user_in, cfg.hidden_units, cfg.user_embedding_dim, cfg.dropout_rate, 0.0, "user_tower")
@@ -145,9 +146,9 @@ class TwoTowerModel(keras.Model):
         if self.id_stage is None:
             return IdTables.empty(0, 0)
         ids = self.id_stage
-        user = ops.convert_to_numpy(ids.user_table) if ids.user_table is not None else \
-            np.zeros((ids.n_users + 1, 0), np.float32)
-        return IdTables(ops.convert_to_numpy(ids.item_table), user)
+        item, user = ids.tables()
+        user = ops.convert_to_numpy(user) if user is not None else np.zeros((ids.n_users + 1, 0), np.float32)
+        return IdTables(ops.convert_to_numpy(item), user)
 
     # --------------------------------------------------------------------- loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

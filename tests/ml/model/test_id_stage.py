@@ -157,3 +157,54 @@ def test_without_the_user_vector_the_own_id_changes_nothing() -> None:
     users2, _ = model({**x, "user_id": np.array([1, -1, 0])})
     np.testing.assert_array_equal(np.asarray(users), np.asarray(users2))
     assert model.id_stage.user_table is None
+
+
+def test_learning_rate_scale_stores_vectors_divided_and_learns_that_much_faster() -> None:
+    """`learning_rate_scale` s: the table holds vector / s and lookups multiply by s, so lookups, pools and the
+    exported tables are the vectors themselves, while one Adam step (which moves a weight by about the learning
+    rate, whatever its gradient) moves a vector s times as far."""
+    stage = IdStage(n_items=2, n_users=2, dim=2, learning_rate_scale=4.0)
+    stage.item_table.assign(ITEM_TABLE / 4.0)
+    stage.user_table.assign(USER_TABLE / 4.0)
+    np.testing.assert_allclose(np.asarray(stage.item_vectors(np.array([1, -1]))), [[0, 1], [5, 5]])
+    out = np.asarray(stage.user_vectors(np.array([0]), np.array([[0, 1]]), np.array([[-1, -1]])))
+    np.testing.assert_allclose(out, [[0.5, 0.5, 0, 0, 2, 0]])
+    item, user = (np.asarray(t) for t in stage.tables())
+    np.testing.assert_allclose(item, ITEM_TABLE)
+    np.testing.assert_allclose(user, USER_TABLE)
+
+    def moved(scale: float) -> float:
+        s = IdStage(n_items=2, n_users=2, dim=2, learning_rate_scale=scale)
+        s.item_table.assign(ITEM_TABLE / scale)
+        before = np.asarray(s.item_vectors(np.array([0])))
+        opt = keras.optimizers.Adam(learning_rate=0.01)
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(s.item_vectors(np.array([0])))
+        opt.apply_gradients(zip(tape.gradient(loss, [s.item_table]), [s.item_table]))
+        return float(np.abs(np.asarray(s.item_vectors(np.array([0]))) - before).max())
+
+    np.testing.assert_allclose(moved(1.0), 0.01, rtol=1e-3)   # Adam's first step: lr per coordinate
+    np.testing.assert_allclose(moved(4.0), 0.04, rtol=1e-3)
+    with pytest.raises(ValueError, match="learning_rate_scale=0"):
+        IdStage(n_items=2, n_users=2, dim=2, learning_rate_scale=0)
+
+
+def test_scaled_tables_numpy_inputs_equal_the_graph_and_survive_reload(tmp_path) -> None:
+    keras.utils.set_random_seed(0)
+    user = build_tower(3 + 2 * 2, [4], 2, 0.0, 0.0, "user_tower")
+    item = build_tower(3 + 2, [4], 2, 0.0, 0.0, "item_tower")
+    model = TwoTowerModel(user, item, temperature=0.5, id_stage=IdStage(n_items=2, n_users=2, dim=2, seed=0,
+                                                                        user_vector=False, learning_rate_scale=8.0))
+    x = _inputs()
+    _, item_x = (np.asarray(t) for t in model.tower_inputs(x))
+    tables = model.id_tables()
+    np.testing.assert_allclose(tables.item, np.asarray(model.id_stage.item_table) * 8.0, rtol=1e-6)
+    np.testing.assert_allclose(item_tower_inputs(x["item_features"], tables, x["item_id"]), item_x, atol=1e-6)
+    before = model(x)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert again.id_stage.learning_rate_scale == 8.0
+    for a, b in zip(before, again(x)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(again.id_tables().item, tables.item)
