@@ -1,15 +1,19 @@
 """Baselines scored by the same protocol, on the same split, in the same run as the model.
 
-- popular: history likes per item (ties: more history users, then the lower row);
+- popular: training-part likes per item (ties: more training-part users, then the lower row);
 - random: uniform scores, reproducible per (seed, user);
-- als: implicit ALS (the `implicit` package, CPU, fixed seed) on the history likes;
+- als: implicit ALS (the `implicit` package, CPU, fixed seed) on the training-part likes;
 - ease: EASE (Steck 2019), closed form B = I - P / diag(P), P = (X'X + l2 I)^-1, on the
-  history likes; skipped, with the reason, when the catalog is too large for an items x items matrix;
+  training-part likes; skipped, with the reason, when the catalog is too large for an items x items matrix;
 - oracle (synthetic data only): the generator's P(shown) x P(liked) (`SyntheticData.relevance`).
 
-ALS and EASE fit on every user's history likes (the interactions before the evaluated part:
-what the model was trained on, plus the validation part when the test part is evaluated);
-users with no history likes get the popularity ranking from them.
+Same data as the model: the baselines fit their parameters (counts, item factors, item-item
+weights) on `EvalSplit.fit_history`, the part the model was trained on, and score each user from
+the whole history before the evaluated part, as the model's user tower does: EASE multiplies the
+history likes by B, ALS solves each user's factors from the history likes with the item factors
+fixed (fold-in, `recalculate_user`). When the test part is evaluated the history also holds the
+validation part, which the model only early-stopped on; fitting the baselines on it gave them
+~30% more training data than the model. Users with no history likes get the popularity ranking.
 """
 
 from __future__ import annotations
@@ -58,13 +62,16 @@ class BaselineSkipped(RuntimeError):
 
 def popularity_scores(split: EvalSplit) -> np.ndarray:
     n = split.n_items
-    return (split.item_train_likes.astype(np.float64)
-            + 0.5 * split.item_train_users / (split.item_train_users.max(initial=0) + 1.0)
+    fit = split.fit_history
+    likes = np.bincount(fit.item_rows[fit.labels == 1], minlength=n).astype(np.float64)
+    users = np.bincount(np.unique(fit.user_rows * n + fit.item_rows) % n, minlength=n).astype(np.float64) \
+        if n else np.zeros(0)
+    return (likes + 0.5 * users / (users.max(initial=0) + 1.0)
             + 0.25 * (1.0 - np.arange(n) / max(n, 1))).astype(np.float32)
 
 
 def popularity_scorer(split: EvalSplit) -> ScoreFn:
-    """History likes per item, ties broken towards more history users, then the lower row."""
+    """Training-part likes per item, ties broken towards more training-part users, then the lower row."""
     score = popularity_scores(split)
     return lambda rows: np.broadcast_to(score, (len(rows), split.n_items)).copy()
 
@@ -96,44 +103,50 @@ def _with_popular_fallback(split: EvalSplit, user_scores: ScoreFn, likes_per_use
 
 
 def als_factors(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> tuple[np.ndarray, np.ndarray]:
-    """implicit ALS fitted on the history likes of all users (one BLAS thread: deterministic, no warning):
-    (user factors in History rows, item factors in catalog rows)."""
-    return _fit_als(split.history.likes_matrix(), seed, params)
+    """implicit ALS fitted on the training-part likes (one BLAS thread: deterministic, no warning):
+    (user factors of every user solved from the whole history's likes, item factors in catalog rows)."""
+    likes = split.history.likes_matrix()
+    return _fit_als(likes if split.fit is None else split.fit.likes_matrix(), likes, seed, params)
 
 
-def _fit_als(likes, seed: int, params: AlsParams) -> tuple[np.ndarray, np.ndarray]:
+def _fit_als(fit_likes, history_likes, seed: int, params: AlsParams) -> tuple[np.ndarray, np.ndarray]:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    if likes.nnz == 0:
-        raise BaselineSkipped("the history holds no likes to factorise")
+    if fit_likes.nnz == 0:
+        raise BaselineSkipped("the training part holds no likes to factorise")
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
                                         alpha=params.alpha, iterations=params.iterations, random_state=seed)
-        model.fit(likes, show_progress=False)
-    return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+        model.fit(fit_likes, show_progress=False)
+        users = model.user_factors if history_likes is fit_likes else \
+            model.recalculate_user(np.arange(history_likes.shape[0]), history_likes)
+    return np.asarray(users, np.float32), np.asarray(model.item_factors, np.float32)
 
 
 def als_scorer(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> ScoreFn:
     """Scores of `als_factors`; users without a history like get the popularity order."""
     likes = split.history.likes_matrix()
-    user_factors, item_factors = _fit_als(likes, seed, params)
+    fit = likes if split.fit is None else split.fit.likes_matrix()
+    user_factors, item_factors = _fit_als(fit, likes, seed, params)
     users = user_factors[split.user_rows]
     items_t = np.ascontiguousarray(item_factors.T)
     return _with_popular_fallback(split, lambda rows: users[rows] @ items_t, np.diff(likes.indptr))
 
 
 def ease_scorer(split: EvalSplit, params: EaseParams = EaseParams()) -> ScoreFn:
-    """EASE on the history likes; BaselineSkipped when the catalog exceeds `params.max_items`."""
+    """EASE's B from the training-part likes, applied to each user's history likes; BaselineSkipped when the
+    catalog exceeds `params.max_items`."""
     n = split.n_items
     if n > params.max_items:
         gib = n * n * 8 / 2**30
         raise BaselineSkipped(f"the catalog has {n:,} items: EASE needs a dense {n:,} x {n:,} matrix ({gib:.1f} GiB "
                               f"in float64, inverted in O(n^3)), over its limit of {params.max_items:,} items")
     likes = split.history.likes_matrix()
-    if likes.nnz == 0:
-        raise BaselineSkipped("the history holds no likes to learn item-item weights from")
-    gram = np.asarray((likes.T @ likes).todense(), dtype=np.float64)
+    fit = likes if split.fit is None else split.fit.likes_matrix()
+    if fit.nnz == 0:
+        raise BaselineSkipped("the training part holds no likes to learn item-item weights from")
+    gram = np.asarray((fit.T @ fit).todense(), dtype=np.float64)
     gram[np.diag_indices(n)] += params.l2
     p = np.linalg.inv(gram)
     b = (-p / np.diag(p)[None, :]).astype(np.float32)

@@ -89,10 +89,21 @@ class EvalSplit:
     pair_item: np.ndarray
     pair_label: np.ndarray
     item_train_users: np.ndarray    # distinct history users per item (novelty)
-    item_train_likes: np.ndarray    # history likes per item (popularity baseline)
+    item_train_likes: np.ndarray    # history likes per item
     n_train_users: int
     history: History
     counts: dict[str, int] = field(default_factory=dict)
+    fit: History | None = None      # what the baselines fit on: the model's training part (None: the history)
+
+    @property
+    def fit_history(self) -> History:
+        """The interactions the baselines fit their parameters on: the part the model was trained on.
+
+        When the test part is evaluated the history also holds the validation part, which the model
+        never trained on (early stopping only): the baselines fit on the training part as the model
+        did, and then, like the model's user tower, score each user from the whole history (fold-in).
+        """
+        return self.history if self.fit is None else self.fit
 
     @property
     def n_items(self) -> int:
@@ -138,8 +149,12 @@ def _csr_filter(indptr: np.ndarray, cols: np.ndarray, keep_col: np.ndarray) -> t
 
 def build_split(user_rows: np.ndarray, item_rows: np.ndarray, labels: np.ndarray, history_mask: np.ndarray,
                 heldout_mask: np.ndarray, user_ids: np.ndarray, item_ids: Sequence[str], part: str,
-                shares: Mapping[str, float], source: str = "the interactions") -> EvalSplit:
+                shares: Mapping[str, float], source: str = "the interactions",
+                fit_mask: np.ndarray | None = None) -> EvalSplit:
     """The protocol on plain arrays: interaction rows (user row, item row, 0/1 label) and two masks.
+
+    `fit_mask` (a subset of the history) is what the baselines fit on, the model's training part;
+    default: the whole history.
 
     Raises ValueError (naming `source` and the split) when nothing is held out, the held-out
     part has no likes, or every held-out like is already in the users' histories.
@@ -186,6 +201,12 @@ def build_split(user_rows: np.ndarray, item_rows: np.ndarray, labels: np.ndarray
         n_train_users=int((n_hist_all > 0).sum()),
         history=History(h_users, h_items, h_labels, n_users_all, n_items),
     )
+    if fit_mask is not None:
+        fit = np.asarray(fit_mask, bool)
+        if (fit & ~hist).any():
+            raise ValueError(f"{source}: fit_mask selects {int((fit & ~hist).sum())} interactions outside the history "
+                             f"of {where}; the baselines may only fit on what comes before the evaluated part")
+        out.fit = History(user_rows[fit], item_rows[fit], labels[fit], n_users_all, n_items)
     nrel = out.n_relevant
     out.counts = {
         "interactions": int(len(user_rows)), "train_interactions": int(hist.sum()), "heldout_interactions": n_held,
@@ -217,7 +238,14 @@ def split_shares(config: Mapping, validation_split: float | None = None,
 
 
 def heldout_masks(interactions: pd.DataFrame, shares: Mapping[str, float], part: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(history mask, held-out mask, part) of the three-way time split for the part asked for.
+    """(history mask, held-out mask, part) of the three-way time split for the part asked for (`split_masks`)."""
+    _, history, heldout, part = split_masks(interactions, shares, part)
+    return history, heldout, part
+
+
+def split_masks(interactions: pd.DataFrame, shares: Mapping[str, float],
+                part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(training-part mask, history mask, held-out mask, part) of the three-way time split for the part asked for.
 
     Data split without a test share (test_split=0, e.g. a bundle trained before the three-way
     split) can only be evaluated on its validation part; that is logged, never silent.
@@ -237,8 +265,8 @@ def heldout_masks(interactions: pd.DataFrame, shares: Mapping[str, float], part:
                          "(0, 1), e.g. --test-split 0.2 (the bundle's training.test_split is used by default)")
     split = time_split_per_user(interactions, v, t)
     if part == "test":
-        return split.train | split.valid, split.test, part
-    return split.train, split.valid, part
+        return split.train, split.train | split.valid, split.test, part
+    return split.train, split.train, split.valid, part
 
 
 def _catalog_rows(bundle: "ModelBundle", dataset: "Dataset", source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -274,11 +302,12 @@ def prepare_split(bundle: "ModelBundle", dataset: "Dataset", validation_split: f
     data_cfg = dict(bundle.config.get("data", {}) or {})
     dataset = apply_rating_config(dataset, data_cfg.get("rating_scale", "auto"), data_cfg.get("like_threshold"))
     shares = split_shares(bundle.config, validation_split, test_split)
-    history, heldout, part = heldout_masks(dataset.interactions, shares, part)
+    train, history, heldout, part = split_masks(dataset.interactions, shares, part)
     user_rows, item_rows = _catalog_rows(bundle, dataset, source)
     labels = dataset.interactions["label"].to_numpy().astype(np.int64)
     users = dataset.users["user_id"].astype(str).to_numpy()
-    return build_split(user_rows, item_rows, labels, history, heldout, users, bundle.item_ids, part, shares, source)
+    return build_split(user_rows, item_rows, labels, history, heldout, users, bundle.item_ids, part, shares, source,
+                       fit_mask=train)
 
 
 # ---------------------------------------------------------------- scoring

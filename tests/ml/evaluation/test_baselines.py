@@ -121,3 +121,53 @@ def test_unknown_baseline_names_the_choices() -> None:
     assert parse_baselines("popular, ALS") == ("popular", "als")
     with pytest.raises(ValueError, match="unknown baseline.*'knn'.*popular"):
         parse_baselines(["knn"])
+
+
+def test_test_part_baselines_fit_on_the_training_part_only() -> None:
+    """Evaluating the test part, the history holds train + validation, but the model trained on the training part
+    only: the baselines fit there too (u1's 6 training rows + u2's 3), and score users from the whole history."""
+    split = prepare_split(BUNDLE, DATA)
+    assert split.fit_history.user_rows.size == 6 + 3
+    assert split.history.user_rows.size == 8 + 4
+    valid = prepare_split(BUNDLE, DATA, part="valid")
+    assert valid.fit_history.user_rows.size == valid.history.user_rows.size == 6 + 3
+
+
+def _fit_split():
+    """Likes only. Training part: u0 i0, u1 i0, u1 i1, u2 i1; validation part (history, not fit): u0 i2, u2 i2;
+    held out: u1 i2, u0 i1. Item 2 is liked in the history but never in the training part."""
+    rows = [(0, 0), (1, 0), (1, 1), (2, 1), (0, 2), (2, 2), (1, 2), (0, 1)]
+    users, items = np.array([u for u, _ in rows]), np.array([i for _, i in rows])
+    fit = np.r_[np.ones(4, bool), np.zeros(4, bool)]
+    history = np.r_[np.ones(6, bool), np.zeros(2, bool)]
+    args = (users, items, np.ones(8, np.int64), history, ~history, np.array(["u0", "u1", "u2"]), ["i0", "i1", "i2"],
+            "test", {"validation_split": 0.25, "test_split": 0.25})
+    return build_split(*args, fit_mask=fit), build_split(*args)
+
+
+def test_baselines_fit_on_the_fit_part_and_fold_in_the_history() -> None:
+    split, whole = _fit_split()
+    from ml.evaluation.baselines import als_scorer, popularity_scores
+
+    # popular: item 2 has no training-part like, so it ranks last with a score under 1 (likes + tie-breaks < 1);
+    # fitted on the whole history its 2 likes would count
+    pop = popularity_scores(split)
+    assert pop[2] < 1.0 < 2.0 < min(pop[0], pop[1])
+    assert popularity_scores(whole)[2] > 2.0
+    # EASE: item 2 never co-occurs in the training part, so B's row and column for it are 0: no user scores it,
+    # and u0's history like of item 2 adds nothing (u0 scores as if its history were {i0})
+    rows = np.arange(len(split.user_ids))
+    ease = ease_scorer(split, EaseParams(l2=1.0))(rows)
+    np.testing.assert_allclose(ease[:, 2], 0.0, atol=1e-7)
+    assert np.abs(ease_scorer(whole, EaseParams(l2=1.0))(rows)[:, 2]).max() > 1e-3
+    # ALS: item 2's factors stay 0 (nothing to fit), and u0's factors are solved from its whole history (fold-in):
+    # u0 and u1 share item 0 in the fit part, so u0 now leans to item 1 through u1
+    als = als_scorer(split)(rows)
+    np.testing.assert_allclose(als[:, 2], 0.0, atol=1e-6)
+    u0 = list(split.user_ids).index("u0")
+    assert als[u0, 1] > 0
+    with pytest.raises(ValueError, match="fit_mask selects 1 interactions outside the history"):
+        users, items = np.array([0, 1, 1]), np.array([0, 0, 1])
+        build_split(users, items, np.ones(3, np.int64), np.array([True, True, False]), np.array([False, False, True]),
+                    np.array(["u0", "u1"]), ["i0", "i1"], "test", {"validation_split": 0.0, "test_split": 0.5},
+                    fit_mask=np.array([True, True, True]))
