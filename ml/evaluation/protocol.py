@@ -10,6 +10,8 @@ Parts of the three-way split by time (`ml.data.split.time_split_per_user`):
   history = train + validation (everything before it);
 - `valid` (early stopping, tuning): held out = the `validation_split` share before the test
   part; history = train. The test part is never looked at.
+In both, the baselines fit on the training part (`EvalSplit.fit_history`), what the model was
+trained on, and score users from the history.
 """
 
 from __future__ import annotations
