@@ -86,6 +86,7 @@ def latent_recovery(synth: Any, vectors: dict[str, tuple[Any, Any]]) -> dict[str
 def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """One synthetic setting: data, both towerops configs, the baselines, the oracle, on one test split."""
     from ml.data.synthetic import generate_synthetic
+    from ml.evaluation.baselines import als_factors
     from ml.evaluation.evaluate import evaluate_bundle
 
     synth = generate_synthetic(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
@@ -98,8 +99,6 @@ def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str,
     content, content_s, content_epochs = _train(synth.dataset, {**common, "model.id_embedding_dim": 0},
                                                 tmp / f"content-{weight}")
     ev_content = evaluate_bundle(content, synth.dataset, ks=ks, metrics=names, baselines=(), seed=args.seed)
-    from ml.evaluation.baselines import als_factors
-
     latent = latent_recovery(synth, {"towerops_default": (default.item_ids, default.item_embeddings),
                                      "towerops_content_only": (content.item_ids, content.item_embeddings),
                                      "als": (ev.split.item_ids, als_factors(ev.split, args.seed)[1])})

@@ -63,9 +63,7 @@ class BaselineSkipped(RuntimeError):
 def popularity_scores(split: EvalSplit) -> np.ndarray:
     n = split.n_items
     fit = split.fit_history
-    likes = np.bincount(fit.item_rows[fit.labels == 1], minlength=n).astype(np.float64)
-    users = np.bincount(np.unique(fit.user_rows * n + fit.item_rows) % n, minlength=n).astype(np.float64) \
-        if n else np.zeros(0)
+    likes, users = fit.item_likes().astype(np.float64), fit.item_users().astype(np.float64)
     return (likes + 0.5 * users / (users.max(initial=0) + 1.0)
             + 0.25 * (1.0 - np.arange(n) / max(n, 1))).astype(np.float32)
 
@@ -102,11 +100,16 @@ def _with_popular_fallback(split: EvalSplit, user_scores: ScoreFn, likes_per_use
     return score
 
 
+def _fit_and_history_likes(split: EvalSplit) -> tuple:
+    """(training-part likes, history likes) as CSR; the same matrix twice when the split fits on its history."""
+    likes = split.history.likes_matrix()
+    return (likes if split.fit is None else split.fit.likes_matrix()), likes
+
+
 def als_factors(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> tuple[np.ndarray, np.ndarray]:
     """implicit ALS fitted on the training-part likes (one BLAS thread: deterministic, no warning):
     (user factors of every user solved from the whole history's likes, item factors in catalog rows)."""
-    likes = split.history.likes_matrix()
-    return _fit_als(likes if split.fit is None else split.fit.likes_matrix(), likes, seed, params)
+    return _fit_als(*_fit_and_history_likes(split), seed, params)
 
 
 def _fit_als(fit_likes, history_likes, seed: int, params: AlsParams) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +129,7 @@ def _fit_als(fit_likes, history_likes, seed: int, params: AlsParams) -> tuple[np
 
 def als_scorer(split: EvalSplit, seed: int = 0, params: AlsParams = AlsParams()) -> ScoreFn:
     """Scores of `als_factors`; users without a history like get the popularity order."""
-    likes = split.history.likes_matrix()
-    fit = likes if split.fit is None else split.fit.likes_matrix()
+    fit, likes = _fit_and_history_likes(split)
     user_factors, item_factors = _fit_als(fit, likes, seed, params)
     users = user_factors[split.user_rows]
     items_t = np.ascontiguousarray(item_factors.T)
@@ -142,8 +144,7 @@ def ease_scorer(split: EvalSplit, params: EaseParams = EaseParams()) -> ScoreFn:
         gib = n * n * 8 / 2**30
         raise BaselineSkipped(f"the catalog has {n:,} items: EASE needs a dense {n:,} x {n:,} matrix ({gib:.1f} GiB "
                               f"in float64, inverted in O(n^3)), over its limit of {params.max_items:,} items")
-    likes = split.history.likes_matrix()
-    fit = likes if split.fit is None else split.fit.likes_matrix()
+    fit, likes = _fit_and_history_likes(split)
     if fit.nnz == 0:
         raise BaselineSkipped("the training part holds no likes to learn item-item weights from")
     gram = np.asarray((fit.T @ fit).todense(), dtype=np.float64)

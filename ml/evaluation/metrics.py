@@ -210,13 +210,6 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-__all__ = [
-    "ALL_METRICS", "CATALOG_METRICS", "DEFAULT_KS", "GLOBAL_METRICS", "RANKING_METRICS",
-    "auc", "catalog_coverage", "hits_from_csr", "item_self_information", "metric_key", "novelty",
-    "parse_ks", "parse_metrics", "ranking_metrics", "validation_ranking_metric",
-]
-
-
 def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, block: int = 2048) -> float:
     """Share of rows whose nearest other row by cosine carries the same label.
 
@@ -241,3 +234,11 @@ def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, block: int = 20
         nearest = sims.argmax(axis=1)
         hits += int(((labels[nearest] == labels[lo:lo + len(sims)]) & (norms[lo:lo + len(sims), 0] > 0)).sum())
     return hits / len(x)
+
+
+__all__ = [
+    "ALL_METRICS", "CATALOG_METRICS", "DEFAULT_KS", "GLOBAL_METRICS", "RANKING_METRICS",
+    "auc", "catalog_coverage", "hits_from_csr", "item_self_information", "metric_key", "neighbour_agreement", "novelty",
+    "parse_ks", "parse_metrics", "ranking_metrics", "validation_ranking_metric",
+]
+

@@ -72,6 +72,15 @@ class History:
         m.data[:] = 1.0
         return m
 
+    def item_likes(self) -> np.ndarray:
+        """Likes per item (catalog rows)."""
+        return np.bincount(self.item_rows[self.labels == 1], minlength=self.n_items)
+
+    def item_users(self) -> np.ndarray:
+        """Distinct users per item (catalog rows)."""
+        _, distinct = _csr(self.user_rows, self.item_rows, self.n_users)
+        return np.bincount(distinct, minlength=self.n_items)
+
 
 @dataclass
 class EvalSplit:
@@ -91,7 +100,6 @@ class EvalSplit:
     pair_item: np.ndarray
     pair_label: np.ndarray
     item_train_users: np.ndarray    # distinct history users per item (novelty)
-    item_train_likes: np.ndarray    # history likes per item
     n_train_users: int
     history: History
     counts: dict[str, int] = field(default_factory=dict)
@@ -192,16 +200,14 @@ def build_split(user_rows: np.ndarray, item_rows: np.ndarray, labels: np.ndarray
     held_pos = eval_pos[user_rows[held]]
     order = np.argsort(held_pos, kind="stable")
     n_hist_all = np.bincount(h_users, minlength=n_users_all)
-    _, distinct = _csr(h_users, h_items, n_users_all)
+    history = History(h_users, h_items, h_labels, n_users_all, n_items)
     out = EvalSplit(
         item_ids=list(item_ids), part=part, shares={k: float(v) for k, v in shares.items()},
         user_ids=np.asarray(user_ids)[eval_user_rows], user_rows=eval_user_rows,
         seen_indptr=seen_indptr, seen_items=seen_items, rel_indptr=rel_indptr, rel_items=rel_items,
         n_train=n_hist_all[eval_user_rows], pair_user=held_pos[order], pair_item=item_rows[held][order],
-        pair_label=labels[held][order], item_train_users=np.bincount(distinct, minlength=n_items),
-        item_train_likes=np.bincount(h_items[h_labels == 1], minlength=n_items),
-        n_train_users=int((n_hist_all > 0).sum()),
-        history=History(h_users, h_items, h_labels, n_users_all, n_items),
+        pair_label=labels[held][order], item_train_users=history.item_users(),
+        n_train_users=int((n_hist_all > 0).sum()), history=history,
     )
     if fit_mask is not None:
         fit = np.asarray(fit_mask, bool)
