@@ -63,13 +63,48 @@ def build_tower(
     return keras.Model(inputs, outputs, name=name)
 
 
-def masked_mean(table, ids):
-    """Mean of `table` rows over the non-negative entries of `ids` (B, L); zeros where none."""
-    ids = ops.cast(ids, "int32")
-    valid = ops.cast(ids >= 0, "float32")
-    rows = ops.cast(ops.take(table, ops.maximum(ids, 0), axis=0), "float32")  # (B, L, d); float32 under mixed precision too
-    total = ops.sum(rows * valid[..., None], axis=1)               # (B, d)
-    return total / ops.maximum(ops.sum(valid, axis=1, keepdims=True), 1.0)
+def masked_mean(table, ids, xla: bool = False):
+    """Mean of `table` rows over the non-negative entries of `ids` (B, L); zeros where none.
+
+    The gradient with respect to the table comes out dense, (rows, d), in one operation.
+    Autodiff of a gather would hand the optimizer B * L gradient slices, which Keras' Adam
+    densifies again for every moment it updates: the ID stage then cost half of each training
+    step (bench/train.py). Without XLA the mean is one sparse (B, rows) x dense (rows, d)
+    product with weights 1/count (the fastest on the CPU); XLA compiles no sparse product, so
+    under `jit_compile` a gather computes the forward and a segment sum the dense gradient.
+    """
+    import tensorflow as tf
+
+    table = tf.cast(table, tf.float32)  # float32 under mixed precision too
+    if xla:
+        return _gathered_mean(table, tf.cast(ids, tf.int32))
+    ids = tf.cast(ids, tf.int64)
+    valid = ids >= 0
+    at = tf.where(valid)                                            # (nnz, 2), row-major: sorted, as the product needs
+    counts = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32), axis=1), 1.0)
+    weights = tf.gather(1.0 / counts, at[:, 0])
+    shape = tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.shape(table, out_type=tf.int64)[0]])
+    pooling = tf.sparse.SparseTensor(tf.stack([at[:, 0], tf.gather_nd(ids, at)], axis=1), weights, shape)
+    return tf.sparse.sparse_dense_matmul(pooling, table)
+
+
+def _gathered_mean(table, ids):
+    """`masked_mean` for XLA: static shapes, a gathered (B, L, d) forward and a dense segment-sum gradient."""
+    import tensorflow as tf
+
+    valid = tf.cast(ids >= 0, tf.float32)
+    weights = valid / tf.maximum(tf.reduce_sum(valid, axis=1, keepdims=True), 1.0)  # (B, L)
+    rows = tf.maximum(ids, 0)
+
+    @tf.custom_gradient
+    def pooled(t):
+        def grad(upstream):  # d(out[b]) / d(t[rows[b, l]]) = weights[b, l]
+            parts = tf.reshape(upstream[:, None, :] * weights[..., None], (-1, tf.shape(t)[1]))
+            return tf.math.unsorted_segment_sum(parts, tf.reshape(rows, (-1,)), tf.shape(t)[0])
+
+        return tf.einsum("bld,bl->bd", tf.gather(t, rows), weights), grad
+
+    return pooled(table)
 
 
 @keras.saving.register_keras_serializable(package="towerops")
@@ -139,14 +174,14 @@ class IdStage(keras.layers.Layer):
         user = None if self.user_table is None else self._scaled(ops.convert_to_tensor(self.user_table))
         return self._scaled(ops.convert_to_tensor(self.item_table)), user
 
-    def user_vectors(self, user_id, liked_ids, noped_ids, training: bool = False):
+    def user_vectors(self, user_id, liked_ids, noped_ids, training: bool = False, xla: bool = False):
         """[mean liked item vector ; mean noped item vector ; user-id vector], (B, 3 * dim); (B, 2 * dim) without
-        the user-id vector (`user_vector=False`)."""
+        the user-id vector (`user_vector=False`). `xla`: the graph is compiled with XLA (see `masked_mean`)."""
         if training and self.history_dropout > 0:
             liked_ids = self._drop_history(liked_ids)
             noped_ids = self._drop_history(noped_ids)
-        parts = [self._scaled(masked_mean(self.item_table, liked_ids)),
-                 self._scaled(masked_mean(self.item_table, noped_ids))]
+        parts = [self._scaled(masked_mean(self.item_table, liked_ids, xla)),
+                 self._scaled(masked_mean(self.item_table, noped_ids, xla))]
         if self.user_table is not None:
             parts.append(self._scaled(ops.cast(ops.take(self.user_table, self._own_ids(user_id, self.n_users,
                                                                                        training), axis=0), "float32")))

@@ -132,7 +132,8 @@ class TwoTowerModel(keras.Model):
         ids = self.id_stage
         user_x = ops.concatenate([ops.cast(user_x, "float32"),
                                   ids.user_vectors(inputs["user_id"], inputs["liked_ids"], inputs["noped_ids"],
-                                                   training=training)], axis=1)
+                                                   training=training, xla=bool(getattr(self, "jit_compile", False)))],
+                                 axis=1)
         item_x = ops.concatenate([ops.cast(item_x, "float32"), ids.item_vectors(inputs["item_id"], training=training)],
                                  axis=1)
         return user_x, item_x
