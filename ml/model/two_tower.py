@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from ml.model.inputs import IdTables
+from ml.model.optim import FusedAdam, FusedAdamW  # noqa: F401  registered: a saved compiled model names them
 from ml.model.tasks import RatingTask, RetrievalTask
 from ml.model.towers import IdStage, build_tower
 

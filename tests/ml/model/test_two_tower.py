@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -130,3 +131,57 @@ def test_sampling_bias_correction_subtracts_log_q() -> None:
     # row 0 logits: [1 - w log .5, 0 - w log .1]; the target is column 0
     a, b = 1 - w * math.log(0.5), -w * math.log(0.1)
     assert loss == pytest.approx(-(a - math.log(math.exp(a) + math.exp(b))), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_fused_adam_steps_equal_keras_adam(weight_decay: float) -> None:
+    """The fused kernel is Keras' Adam(W) to float rounding: five steps on a decayed kernel, an undecayed
+    bias and an embedding table with sparse (IndexedSlices) gradients, which keep Keras' own update."""
+    import keras as k
+    import tensorflow as tf
+
+    from ml.model.optim import decoupled_weight_decay_optimizer
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32"),
+             rng.normal(size=(5, 3)).astype("float32")]
+    grads = [[rng.normal(size=a.shape).astype("float32") for a in start[:2]] + [rng.normal(size=(2, 3))]
+             for _ in range(5)]
+    ends = []
+    for fused in (False, True):
+        kernel, bias, table = (k.Variable(a, name=n) for a, n in zip(start, ("kernel", "bias", "table")))
+        if fused:
+            opt = decoupled_weight_decay_optimizer(learning_rate=0.05, weight_decay=weight_decay)
+            assert type(opt).__name__ == ("FusedAdamW" if weight_decay else "FusedAdam")
+        else:
+            opt = (k.optimizers.AdamW(learning_rate=0.05, weight_decay=weight_decay) if weight_decay
+                   else k.optimizers.Adam(learning_rate=0.05))
+            if weight_decay:
+                opt.exclude_from_weight_decay(var_names=["bias"])
+        for g_kernel, g_bias, g_rows in grads:
+            sparse = tf.IndexedSlices(tf.constant(g_rows, tf.float32), tf.constant([1, 3]), tf.constant([5, 3]))
+            opt.apply_gradients([(g_kernel, kernel), (g_bias, bias), (sparse, table)])
+        ends.append([np.asarray(v) for v in (kernel, bias, table)])
+    for keras_adam, fused_adam, before in zip(*ends, start):
+        np.testing.assert_allclose(fused_adam, keras_adam, atol=2e-6)
+        assert np.abs(fused_adam - before).max() > 0.1      # five steps of lr 0.05 moved every variable
+
+
+def test_a_saved_compiled_model_loads_where_only_the_model_module_is_imported(tmp_path) -> None:
+    """The exported two_tower.keras names its optimizer (towerops>FusedAdamW): a fresh process that imports
+    ml.model.two_tower (as every loader of the model does) must find it."""
+    import subprocess
+    import sys
+
+    from ml.model.optim import decoupled_weight_decay_optimizer
+
+    model = _model()
+    model.compile(optimizer=decoupled_weight_decay_optimizer(0.01, 0.01))
+    model({"user_features": np.zeros((2, 3), "float32"), "item_features": np.zeros((2, 3), "float32")})
+    model.save(tmp_path / "m.keras")
+    path = str(tmp_path / "m.keras")
+    code = f"import keras, ml.model.two_tower; m = keras.saving.load_model({path!r}); print(type(m.optimizer).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[3])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "FusedAdamW"

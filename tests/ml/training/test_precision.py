@@ -85,12 +85,12 @@ def test_training_under_a_mixed_policy_exports_a_float32_model(policy, compute, 
     assert seen["projection"] == "float32"              # the embedding and the losses did not
     assert seen["out"] == "float32"
     assert seen["variables"] == {"float32"}             # variables stay float32 (so weights copy 1:1)
-    assert seen["optimizer"] == ("LossScaleOptimizer" if policy == "mixed_float16" else "AdamW")
+    assert seen["optimizer"] == ("LossScaleOptimizer" if policy == "mixed_float16" else "FusedAdamW")
     assert all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
 
     model = trainer.model                               # what is exported: float32 throughout
     assert {layer.compute_dtype for layer in model.user_tower.layers[1:]} == {"float32"}
-    assert type(model.optimizer).__name__ == "AdamW"
+    assert type(model.optimizer).__name__ == "FusedAdamW"
     bundle = load_bundle(tmp_path / "model")
     x = trainer.prepared.item_vectors[:5]
     from ml.model.inputs import item_tower_inputs
