@@ -83,6 +83,20 @@ def latent_recovery(synth: Any, vectors: dict[str, tuple[Any, Any]]) -> dict[str
     return out
 
 
+def reference_ranks(synth: Any, als_items: Any) -> dict[str, float | None]:
+    """Effective rank of item representations that fit this data by construction, to read the model's against:
+    the generator's own hidden item vectors [topic mix ; community membership] (what every like depends on)
+    and ALS's item factors."""
+    import numpy as np
+
+    from ml.model.health import effective_rank
+
+    hidden = [synth.item_topics] + ([synth.item_communities] if synth.item_communities is not None else [])
+    return {"generator_hidden_items": _finite(effective_rank(np.concatenate(hidden, axis=1))),
+            "generator_hidden_dims": int(sum(h.shape[1] for h in hidden)),
+            "als_items": _finite(effective_rank(als_items))}
+
+
 def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """One synthetic setting: data, both towerops configs, the baselines, the oracle, on one test split."""
     from ml.data.synthetic import generate_synthetic
@@ -99,9 +113,10 @@ def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str,
     content, content_s, content_epochs = _train(synth.dataset, {**common, "model.id_embedding_dim": 0},
                                                 tmp / f"content-{weight}")
     ev_content = evaluate_bundle(content, synth.dataset, ks=ks, metrics=names, baselines=(), seed=args.seed)
+    als_items = als_factors(ev.split, args.seed)[1]
     latent = latent_recovery(synth, {"towerops_default": (default.item_ids, default.item_embeddings),
                                      "towerops_content_only": (content.item_ids, content.item_embeddings),
-                                     "als": (ev.split.item_ids, als_factors(ev.split, args.seed)[1])})
+                                     "als": (ev.split.item_ids, als_items)})
     m = ev.metrics
     systems = {
         "towerops_default": {**_system(m, "", default_s), "epochs_run": default_epochs},
@@ -122,6 +137,7 @@ def run_setting(weight: float, args: argparse.Namespace, tmp: Path) -> dict[str,
         ratios[f"content_only_over_oracle.{key}"] = _ratio(c, systems["oracle"][key])
         ratios[f"default_over_popular.{key}"] = _ratio(d, systems["popular"][key])
     health = {k: _finite(v) for k, v in m.items() if k.startswith("health_")}
+    health["reference_item_effective_rank"] = reference_ranks(synth, als_items)
     return {
         "collaborative_weight": weight,
         "data": {"users": args.users, "items": args.items, "interactions": len(synth.dataset.interactions),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -93,15 +94,49 @@ def log_recommender(model_dir: str | Path, name: str = PYFUNC_NAME, registered_m
         # output: "rows" (one row per item) or "lists" (one row per request; spark_udf needs it)
         params=ParamSchema([ParamSpec("top_k", "long", 10), ParamSpec("output", "string", "rows")]),
     )
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=TwoTowerRecommender(),
-        artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(ML_PACKAGE)],
-        pip_requirements=pyfunc_requirements(),
-        signature=signature,
-        registered_model_name=registered_model_name,
-    )
+    staging = Path(_staging_dir(Path(model_dir)))
+    try:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=TwoTowerRecommender(),
+            artifacts={"model_dir": str(_serving_view(Path(model_dir), staging))},
+            code_paths=[str(ML_PACKAGE)],
+            pip_requirements=pyfunc_requirements(),
+            signature=signature,
+            registered_model_name=registered_model_name,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+NOT_SERVED = ("checkpoints",)  # the fit's best-epoch weights: already in the bundle's keras/ and saved_model/
+
+
+def _staging_dir(model_dir: Path) -> str:
+    """A scratch folder beside the bundle (same file system: hard links work), else in the system's temp."""
+    try:
+        return tempfile.mkdtemp(prefix=".towerops-pyfunc-", dir=model_dir.resolve().parent)
+    except OSError:
+        return tempfile.mkdtemp(prefix="towerops-pyfunc-")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def _serving_view(model_dir: Path, staging: Path) -> Path:
+    """The bundle without its training-only entries, as hard links (copies where links fail) for MLflow to copy.
+
+    MLflow copies the artifacts folder twice (into a scratch folder, then into the store) and
+    refuses symbolic links that lead outside it; the checkpoint is a quarter of the bundle and
+    no loader reads it.
+    """
+    view = staging / model_dir.name
+    shutil.copytree(model_dir, view, ignore=shutil.ignore_patterns(*NOT_SERVED), copy_function=_link_or_copy)
+    return view
 
 
 @dataclass
